@@ -55,7 +55,7 @@ def density_budget(shape: tuple[int, int], density: float) -> int:
 def magnitude_mask(weight: torch.Tensor, *, k: int, **_unused) -> torch.Tensor:
     """The k entries with the largest |W| (the plain magnitude baseline)."""
     w = as_float_matrix(weight)
-    return _top_k_mask(w.abs(), k)
+    return top_k_mask(w.abs(), k)
 
 
 def random_mask(
@@ -66,7 +66,7 @@ def random_mask(
     _check_k(w.shape, k)
     device = generator.device if generator is not None else torch.device("cpu")
     scores = torch.rand(w.shape, generator=generator, device=device)
-    return _top_k_mask(scores.to(w.device), k)
+    return top_k_mask(scores.to(w.device), k)
 
 
 def lift_mask(
@@ -87,7 +87,7 @@ def lift_mask(
         svd: "exact" or "randomized" (accuracy-checked, see :func:`_randomized_scores`).
         generator: seeds the randomized sketch.
     """
-    return _top_k_mask(_lift_scores(weight, k, filter_rank, svd, generator, largest=True), k)
+    return top_k_mask(_lift_scores(weight, k, filter_rank, svd, generator, largest=True), k)
 
 
 def lift_smallest_mask(
@@ -106,7 +106,7 @@ def lift_smallest_mask(
     keep this one under its own name for comparison.
     """
     scores = _lift_scores(weight, k, filter_rank, svd, generator, largest=False)
-    return _top_k_mask(-scores, k)
+    return top_k_mask(-scores, k)
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,8 @@ def _check_k(shape, k: int) -> None:
         )
 
 
-def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest entries of ``scores`` (exactly k; topk breaks ties)."""
     _check_k(scores.shape, k)
     flat = scores.reshape(-1)
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
@@ -206,13 +207,13 @@ def _randomized_scores(w, k, rank, sketch, generator, largest: bool) -> torch.Te
     sub = RandomizedSubspace(w, sketch, generator)
     sub.refine(RANDOMIZED_FIRST_ITERATIONS)
     scores = sub.low_rank(rank).abs()
-    previous = _top_k_mask(scores if largest else -scores, k)
+    previous = top_k_mask(scores if largest else -scores, k)
     done = RANDOMIZED_FIRST_ITERATIONS
     while done < RANDOMIZED_MAX_ITERATIONS:
         sub.refine(RANDOMIZED_STEP_ITERATIONS)
         done += RANDOMIZED_STEP_ITERATIONS
         scores = sub.low_rank(rank).abs()
-        current = _top_k_mask(scores if largest else -scores, k)
+        current = top_k_mask(scores if largest else -scores, k)
         inter = (current & previous).sum().item()
         if inter / (2 * k - inter) >= RANDOMIZED_AGREEMENT:
             break
