@@ -1,0 +1,173 @@
+"""The fine-tuning methods LIFT is compared against, set up by one harness.
+
+Every method trains the same matrices (each linear layer inside the transformer blocks;
+lm_head, embeddings, norms and biases stay frozen) with the same update rule (SparseAdamW:
+masked groups for the sparse methods, dense groups for full fine-tuning and LoRA), and the
+sparse methods and LoRA get the same budget per matrix, k = min((m + n) * lora_rank, m * n).
+So the methods differ only in *which* numbers they train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lift_core.errors import LiftError
+from lift_core.masks import budget_is_clipped, lora_budget
+from lift_core.models import list_linear_layers
+
+SPARSE_METHODS = ("lift", "magnitude", "random", "lift_smallest")
+METHODS = ("lift", "full", "lora", "magnitude", "random", "lift_smallest")
+
+# Per-method learning rates for the built-in model, each the best of the same sweep
+# (docs/training.md, "Learning-rate sweep"). As in the paper, the sparse methods and LoRA
+# want a higher rate than full fine-tuning, which moves every entry.
+DEFAULT_LRS = {
+    "lift": 2e-3,
+    "magnitude": 2e-3,
+    "random": 2e-3,
+    "lift_smallest": 2e-3,
+    "lora": 2e-3,
+    "full": 5e-4,
+}
+
+METHOD_DESCRIPTIONS = {
+    "lift": "principal weights: the k largest entries of the rank-r approximation |W_r|",
+    "full": "full fine-tuning of every block linear (AdamW)",
+    "lora": "LoRA adapters (peft) of rank lora_rank on every block linear",
+    "magnitude": "the k largest |W| entries (plain magnitude)",
+    "random": "k uniformly random entries",
+    "lift_smallest": "the k smallest |W_r| entries (the authors' released-code default)",
+}
+
+ADAM_BETAS = (0.9, 0.95)
+ADAM_EPS = 1e-6
+
+
+@dataclass
+class MethodSetup:
+    """What a method hands the training loop: the model to train and its optimizer."""
+
+    model: nn.Module  # the model to call (peft-wrapped for LoRA)
+    optimizer: torch.optim.Optimizer  # a SparseAdamW
+    trainable_params: int  # numbers actually trained (masked entries, LoRA A+B, or all)
+    layers: list[dict] = field(default_factory=list)  # per-matrix shape, budget k, clipping
+
+    @property
+    def clipped_layers(self) -> list[str]:
+        """Matrices whose budget (m+n)*lora_rank exceeded m*n and was clipped to m*n."""
+        return [layer["layer"] for layer in self.layers if layer["clipped"]]
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` or raise LiftError listing the allowed ones."""
+    if method not in METHODS:
+        raise LiftError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    return method
+
+
+def default_lr(method: str) -> float:
+    """The learning rate a method uses when none is given."""
+    return DEFAULT_LRS[check_method(method)]
+
+
+def block_linear_names(model: nn.Module) -> list[str]:
+    """Module names of every linear layer inside the transformer blocks."""
+    return [layer.name for layer in list_linear_layers(model, blocks_only=True)]
+
+
+def _layer_rows(model: nn.Module, method: str, lora_rank: int) -> list[dict]:
+    rows = []
+    for layer in list_linear_layers(model, blocks_only=True):
+        dense = method == "full"
+        k = layer.numel if dense else lora_budget(layer.shape, lora_rank)
+        clipped = (not dense) and budget_is_clipped(layer.shape, lora_rank)
+        rows.append({"layer": layer.name, "role": layer.role, "shape": list(layer.shape),
+                     "k": k, "density": k / layer.numel, "clipped": clipped})
+    return rows
+
+
+def check_filter_rank_fits(model: nn.Module, method: str, filter_rank: int) -> None:
+    """Raise LiftError when a LIFT-style mask's filter rank exceeds some matrix's rank."""
+    if method not in ("lift", "lift_smallest"):
+        return
+    for layer in list_linear_layers(model, blocks_only=True):
+        if filter_rank > min(layer.shape):
+            raise LiftError(
+                f"filter rank {filter_rank} exceeds the rank of {layer.name} "
+                f"({layer.shape[0]}x{layer.shape[1]}); use at most {min(layer.shape)}"
+            )
+
+
+def setup_method(
+    model: nn.Module,
+    method: str,
+    *,
+    lr: float,
+    lora_rank: int,
+    filter_rank: int,
+    update_interval: int,
+    svd: str = "exact",
+) -> MethodSetup:
+    """Freeze ``model`` and make the chosen method's trainable set and optimizer.
+
+    The model must already be on its training device: masks and moments are created where
+    the weights live.
+
+    Args:
+        model: a causal LM (not yet wrapped).
+        method: one of :data:`METHODS`.
+        lr: peak learning rate (the schedule scales it).
+        lora_rank: LoRA rank, and the budget rank of the sparse methods.
+        filter_rank: rank r of W_r for lift / lift_smallest.
+        update_interval: optimizer steps between mask refreshes.
+        svd: "exact" or "randomized" for the LIFT masks.
+
+    Returns:
+        MethodSetup with the (possibly peft-wrapped) model and its SparseAdamW.
+    """
+    from lift_core.optim import SparseAdamW
+
+    check_method(method)
+    check_filter_rank_fits(model, method, filter_rank)
+    rows = _layer_rows(model, method, lora_rank)
+    names = [row["layer"] for row in rows]
+    model.requires_grad_(False)
+    if method == "lora":
+        model, params = _wrap_lora(model, names, lora_rank)
+        groups = [{"params": params}]
+        trainable = sum(p.numel() for p in params)
+    else:
+        weights = [model.get_submodule(name).weight for name in names]
+        for weight in weights:
+            weight.requires_grad_(True)
+        if method == "full":
+            groups = [{"params": weights}]
+        else:
+            groups = [
+                {"params": [w], "mask": method, "lora_rank": lora_rank,
+                 "filter_rank": filter_rank, "update_interval": update_interval, "svd": svd}
+                for w in weights
+            ]
+        trainable = sum(row["k"] for row in rows)
+    optimizer = SparseAdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0)
+    return MethodSetup(model, optimizer, trainable, rows)
+
+
+def _wrap_lora(model: nn.Module, names: list[str], lora_rank: int):
+    """peft LoRA on exactly the block linears (full names, so nothing outside matches)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_rank, lora_alpha=2 * lora_rank, target_modules=names, lora_dropout=0.0,
+        bias="none",
+    )
+    wrapped = get_peft_model(model, config)
+    params = [p for n, p in wrapped.named_parameters() if p.requires_grad]
+    # peft freezes the base model; only lora_A / lora_B may remain trainable.
+    stray = [n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
+    if stray:  # pragma: no cover - a peft behaviour change would land here
+        raise RuntimeError(f"peft left non-LoRA parameters trainable: {stray[:3]}")
+    return wrapped, params
