@@ -1,0 +1,121 @@
+"""Greedy-generation exact-match accuracy for any causal LM.
+
+Prompts are generated in batches with left padding (so every row's next token sits in the
+last column), greedily, until <eos> or ``max_new_tokens``. A completion is scored by
+comparing :func:`lift_core.tasks.extract_answer` of it with that of the gold answer, so
+the built-in tasks ("#### 9") and MATH-10K style data ("The answer is 9") score alike.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from lift_core.errors import LiftError
+from lift_core.tasks import Example, extract_answer
+
+
+@contextmanager
+def _eval_mode(model, tokenizer):
+    """Eval mode and left padding for the duration; restores both afterwards."""
+    was_training = model.training
+    side = tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> list[str]:
+    """Greedy completions of ``prompts`` (the new text only, special tokens removed).
+
+    Args:
+        model: a transformers causal LM (the built-in model or a real one).
+        tokenizer: its tokenizer; needs a pad or eos token.
+        prompts: the texts to continue.
+        max_new_tokens: the longest completion.
+        batch_size: prompts per ``generate`` call.
+        device: where to run; defaults to the model's device (the model is not moved).
+
+    Returns:
+        One completion per prompt, in order.
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise LiftError(
+            f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}"
+        )
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+        raise LiftError("the tokenizer has neither a pad nor an eos token, so it cannot batch")
+    device = torch.device(device) if device is not None else _model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    completions: list[str] = []
+    with _eval_mode(model, tokenizer):
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start: start + batch_size], return_tensors="pt", padding=True)
+            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+                temperature=None, top_p=None, top_k=None,
+            )
+            new_tokens = out[:, batch["input_ids"].shape[1]:]
+            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return completions
+
+
+def answer_length(tokenizer, examples: list[Example], *, slack: int = 8) -> int:
+    """A ``max_new_tokens`` that fits the longest gold answer plus some slack."""
+    lengths = [len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in examples]
+    return max(lengths, default=0) + slack
+
+
+def score(completions: list[str], examples: list[Example]) -> list[bool]:
+    """Per example: does the extracted answer of the completion equal the gold one?"""
+    return [extract_answer(c) == extract_answer(e.answer) for c, e in zip(completions, examples)]
+
+
+def accuracy(
+    model,
+    tokenizer,
+    examples: list[Example],
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> float:
+    """Exact-match accuracy (0..1) of greedy generations on ``examples``.
+
+    Args:
+        max_new_tokens: defaults to the longest gold answer plus 8 tokens.
+        batch_size, device: as in :func:`generate_completions`.
+    """
+    if not examples:
+        raise LiftError("no examples to evaluate")
+    if max_new_tokens is None:
+        max_new_tokens = answer_length(tokenizer, examples)
+    completions = generate_completions(
+        model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens,
+        batch_size=batch_size, device=device,
+    )
+    hits = score(completions, examples)
+    return sum(hits) / len(hits)

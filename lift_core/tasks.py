@@ -1,0 +1,316 @@
+"""Prompt/answer examples: the built-in source and target tasks, and the user's own data.
+
+The built-in model is pretrained on a *source domain* (reversing and sorting short letter
+strings, and one-step arithmetic facts such as ``12+3=15``) and never sees the *target*
+task: multi-step arithmetic written out step by step and closed by ``#### <answer>``. The
+target builds on the arithmetic facts, so every fine-tuning method can learn it quickly,
+while the string tasks are what full fine-tuning tends to forget. User data is Alpaca-style
+JSON/JSONL (the format of the paper's MATH-10K), turned into prompts by one template.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from lift_core.errors import LiftError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised example: the model reads ``prompt`` and should write ``answer``."""
+
+    prompt: str  # what the model is given
+    answer: str  # the full target completion (worked steps and the final "#### x")
+
+
+ANSWER_MARKER = "####"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# Arithmetic facts of the source domain: left operand 0..29, right operand 0..9. The target
+# keeps every intermediate result in this range, so each of its steps is a known fact.
+FACT_LEFT_MAX = 29
+FACT_RIGHT_MAX = 9
+WORD_MIN_LEN, WORD_MAX_LEN = 3, 5
+SOURCE_EVAL_SIZE = 150  # 50 reverse, 50 sort, 50 arithmetic facts
+TARGET_EVAL_SIZE = 150
+_SOURCE_EVAL_SEED = 1_000_003
+_TARGET_EVAL_SEED = 2_000_003
+# Fixed share of arithmetic facts kept out of source training so its eval is held out.
+_HELD_OUT_FACTS = 50
+
+
+# --- the source domain -------------------------------------------------------------------
+
+
+def _word(rng: random.Random) -> str:
+    length = rng.randint(WORD_MIN_LEN, WORD_MAX_LEN)
+    return "".join(rng.choice(LETTERS) for _ in range(length))
+
+
+def reverse_example(word: str) -> Example:
+    """``rev abc = `` -> ``cba``."""
+    return Example(f"rev {word} = ", word[::-1])
+
+
+def sort_example(word: str) -> Example:
+    """``sort cab = `` -> ``abc``."""
+    return Example(f"sort {word} = ", "".join(sorted(word)))
+
+
+def fact_example(left: int, op: str, right: int) -> Example:
+    """``12+3=`` -> ``15`` (one arithmetic fact, the form used inside worked steps)."""
+    value = left + right if op == "+" else left - right
+    return Example(f"{left}{op}{right}=", str(value))
+
+
+def _all_facts() -> list[tuple[int, str, int]]:
+    facts = []
+    for left in range(FACT_LEFT_MAX + 1):
+        for right in range(FACT_RIGHT_MAX + 1):
+            facts.append((left, "+", right))
+            if left >= right:  # no negative numbers anywhere in the built-in tasks
+                facts.append((left, "-", right))
+    return facts
+
+
+@lru_cache(maxsize=1)
+def _fact_split() -> tuple[tuple, tuple]:
+    """(training facts, held-out facts): a fixed shuffle, the same on every machine."""
+    facts = _all_facts()
+    random.Random(_SOURCE_EVAL_SEED).shuffle(facts)
+    return tuple(facts[_HELD_OUT_FACTS:]), tuple(facts[:_HELD_OUT_FACTS])
+
+
+def _source_example(rng: random.Random, kind: int) -> Example:
+    if kind == 0:
+        return reverse_example(_word(rng))
+    if kind == 1:
+        return sort_example(_word(rng))
+    return fact_example(*rng.choice(_fact_split()[0]))
+
+
+@lru_cache(maxsize=1)
+def _source_eval() -> tuple[Example, ...]:
+    rng = random.Random(_SOURCE_EVAL_SEED)
+    third = SOURCE_EVAL_SIZE // 3
+    words: list[str] = []
+    while len(words) < 2 * third:  # distinct words, so no eval prompt repeats
+        w = _word(rng)
+        if w not in words:
+            words.append(w)
+    examples = [reverse_example(w) for w in words[:third]]
+    examples += [sort_example(w) for w in words[third:]]
+    examples += [fact_example(*f) for f in _fact_split()[1]]
+    return tuple(examples)
+
+
+def source_eval_examples() -> list[Example]:
+    """The fixed held-out source set: 50 reverse, 50 sort, 50 held-out arithmetic facts."""
+    return list(_source_eval())
+
+
+def source_train_examples(n: int, seed: int = 0) -> list[Example]:
+    """``n`` source-domain examples (a third of each task), never an eval prompt.
+
+    Args:
+        n: how many examples.
+        seed: the same seed gives the same list.
+    """
+    rng = random.Random(seed)
+    held_out = {e.prompt for e in _source_eval()}
+    out: list[Example] = []
+    while len(out) < n:
+        ex = _source_example(rng, len(out) % 3)
+        if ex.prompt not in held_out:
+            out.append(ex)
+    return out
+
+
+# --- the target task ---------------------------------------------------------------------
+
+
+def _target_problem(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
+    """A start value and 2-3 (op, operand) steps, every partial result in 0..29."""
+    steps_wanted = rng.choice((2, 3))
+    while True:
+        value = start = rng.randint(1, 9)
+        steps = []
+        for _ in range(steps_wanted):
+            op, operand = rng.choice("+-"), rng.randint(1, 9)
+            value = value + operand if op == "+" else value - operand
+            steps.append((op, operand))
+            if not 0 <= value <= FACT_LEFT_MAX:
+                break
+        else:
+            return start, steps
+
+
+def target_example(start: int, steps: list[tuple[str, int]]) -> Example:
+    """``Q: 7+5-3\\nA: `` -> ``7+5=12, 12-3=9. #### 9``."""
+    question = str(start) + "".join(f"{op}{x}" for op, x in steps)
+    value, worked = start, []
+    for op, x in steps:
+        new = value + x if op == "+" else value - x
+        worked.append(f"{value}{op}{x}={new}")
+        value = new
+    return Example(f"Q: {question}\nA: ", f"{', '.join(worked)}. {ANSWER_MARKER} {value}")
+
+
+@lru_cache(maxsize=1)
+def _target_eval() -> tuple[Example, ...]:
+    rng = random.Random(_TARGET_EVAL_SEED)
+    seen: dict[str, Example] = {}
+    while len(seen) < TARGET_EVAL_SIZE:
+        ex = target_example(*_target_problem(rng))
+        seen.setdefault(ex.prompt, ex)
+    return tuple(seen.values())
+
+
+def target_eval_examples() -> list[Example]:
+    """The fixed held-out target set (150 problems of 3 or 4 numbers)."""
+    return list(_target_eval())
+
+
+def target_train_examples(n: int, seed: int = 0) -> list[Example]:
+    """``n`` target-task examples with worked steps, never an eval prompt."""
+    rng = random.Random(seed)
+    held_out = {e.prompt for e in _target_eval()}
+    out: list[Example] = []
+    while len(out) < n:
+        ex = target_example(*_target_problem(rng))
+        if ex.prompt not in held_out:
+            out.append(ex)
+    return out
+
+
+# --- answers -----------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+_ANSWER_IS = re.compile(r"the answer is\s*:?\s*", re.IGNORECASE)
+
+
+def _normalize(text: str) -> str:
+    """Canonical form of an answer: numbers lose $, commas and trailing zeros."""
+    text = text.strip().rstrip(".").strip()
+    candidate = text.replace(",", "").replace("$", "")
+    if re.fullmatch(r"[-+]?\d+(?:\.\d+)?", candidate):
+        sign = "-" if candidate.startswith("-") else ""
+        digits = candidate.lstrip("+-")
+        if "." in digits:
+            digits = digits.rstrip("0").rstrip(".")
+        digits = digits.lstrip("0") or "0"
+        return sign + digits if digits != "0" else "0"
+    return text
+
+
+def extract_answer(text: str) -> str:
+    """The final answer in a completion, used to compare a generation with the gold answer.
+
+    In order: the text after the last ``####``; else after the last "The answer is"
+    (MATH-10K's closing sentence); else the last number; else the stripped text. Numbers
+    are normalized (``1,234.50`` -> ``1234.5``) so equal values compare equal.
+    """
+    if ANSWER_MARKER in text:
+        tail = text.rsplit(ANSWER_MARKER, 1)[1].strip()
+        return _normalize(tail.splitlines()[0] if tail else "")
+    said = list(_ANSWER_IS.finditer(text))
+    if said:
+        tail = text[said[-1].end():].strip()
+        return _normalize(tail.splitlines()[0] if tail else "")
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return _normalize(numbers[-1])
+    return text.strip()
+
+
+# --- user data ---------------------------------------------------------------------------
+
+# The one prompt template for Alpaca-style records (instruction, optional input, output).
+_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+_PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def format_alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - Alpaca's name
+    """The prompt for an Alpaca-style record.
+
+    ``### Instruction:\\n{instruction}\\n\\n### Input:\\n{input}\\n\\n### Response:\\n``,
+    where the Input section is left out when ``input`` is empty or blank.
+    """
+    if input and input.strip():
+        return _PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+    return _PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def _record_to_example(record, where: str) -> Example:
+    if not isinstance(record, dict):
+        raise LiftError(f"{where}: expected an object with \"instruction\" and \"output\", got {type(record).__name__}")
+    for key in ("instruction", "output"):
+        if key not in record:
+            raise LiftError(f"{where}: missing \"{key}\" (each record needs \"instruction\" and \"output\")")
+    for key in ("instruction", "input", "output"):
+        value = record.get(key, "")
+        if value is not None and not isinstance(value, str):
+            raise LiftError(f"{where}: \"{key}\" must be a string, got {type(value).__name__}")
+    if not record["output"].strip():
+        raise LiftError(f"{where}: \"output\" is empty")
+    prompt = format_alpaca_prompt(record["instruction"], record.get("input") or "")
+    return Example(prompt, record["output"])
+
+
+def _read_jsonl(text: str, path: Path) -> list[Example]:
+    examples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LiftError(f"{path}, line {number}: malformed JSON ({exc.msg})") from exc
+        examples.append(_record_to_example(record, f"{path}, line {number}"))
+    return examples
+
+
+def _read_json_array(text: str, path: Path) -> list[Example]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LiftError(
+            f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})"
+        ) from exc
+    if not isinstance(data, list):
+        raise LiftError(f"{path}: expected a JSON array of records, got a {type(data).__name__}")
+    return [_record_to_example(r, f"{path}, record {i}") for i, r in enumerate(data, start=1)]
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Read Alpaca-style records from a JSON array or a JSONL file.
+
+    Each record is ``{"instruction": str, "input": str (optional), "output": str}`` (the
+    format of MATH-10K); the prompt is :func:`format_alpaca_prompt` and the answer is the
+    output. A file whose first non-blank character is ``[`` is read as a JSON array,
+    anything else as JSONL (one record per line).
+
+    Raises:
+        LiftError: naming the file and line (JSONL) or record number (array) for a missing
+            or empty file, malformed JSON, a missing field or a field that is not a string.
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise LiftError(f"data file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LiftError(f"could not read data file {path}: {exc}") from exc
+    if not text.strip():
+        raise LiftError(f"{path} is empty: expected JSON or JSONL records")
+    if text.lstrip().startswith("["):
+        examples = _read_json_array(text, path)
+    else:
+        examples = _read_jsonl(text, path)
+    if not examples:
+        raise LiftError(f"{path} holds no records")
+    return examples
