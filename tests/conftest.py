@@ -23,3 +23,45 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _save_tiny(tmp_path_factory, name, config):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    archs = getattr(config, "architectures", None) or []
+    auto = AutoModelForCausalLM if any("CausalLM" in a or "LMHead" in a for a in archs) else AutoModel
+    auto.from_config(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A randomly initialised 2-block Llama saved as a real HF directory (safetensors)."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         architectures=["LlamaForCausalLM"])
+    return _save_tiny(tmp_path_factory, "tiny_llama", config)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A tiny GPT-2 (Conv1D layers stored (in, out)) saved as an HF directory."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        architectures=["GPT2LMHeadModel"])
+    return _save_tiny(tmp_path_factory, "tiny_gpt2", config)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny BERT encoder (explorable, not fine-tunable) saved as an HF directory."""
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=64)
+    return _save_tiny(tmp_path_factory, "tiny_bert", config)

@@ -1,0 +1,161 @@
+"""Model loading from embedded aliases and local directories, layer listing, load errors."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lift_core.errors import LiftError
+from lift_core.models import (
+    check_fits_in_memory,
+    is_causal_lm,
+    layer_role,
+    layer_weight,
+    layers_table,
+    list_linear_layers,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_model_source,
+)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("minilm")
+
+
+def test_minilm_loads_offline_with_real_weights(minilm):
+    layers = list_linear_layers(minilm)
+    assert len(layers) == 37  # 6 blocks x (q, k, v, o, up, down) + pooler
+    roles = [l.role for l in layers if l.block == 0]
+    assert roles == ["q", "k", "v", "o", "up", "down"]
+    up = next(l for l in layers if l.role == "up")
+    assert up.shape == (1536, 384) and up.numel == 1536 * 384
+    # Real pretrained weights are not an i.i.d. init: the top singular value stands far
+    # above the rest (a random 384x384 matrix has s1/s10 close to 1).
+    s = torch.linalg.svdvals(layer_weight(minilm, layers[0]))
+    assert s[0] / s[50] > 1.5
+
+
+def test_blocks_only_drops_pooler(minilm):
+    names = [l.name for l in list_linear_layers(minilm, blocks_only=True)]
+    assert len(names) == 36 and "pooler.dense" not in names
+
+
+def test_layers_table_columns(minilm):
+    table = layers_table(minilm)
+    assert list(table.columns) == ["layer", "block", "role", "out", "in", "params"]
+    assert table.params.sum() == sum(l.numel for l in list_linear_layers(minilm))
+
+
+def test_llama_roles_and_causal_detection(tiny_llama_dir):
+    model = load_model(str(tiny_llama_dir), kind="causal")
+    roles = [l.role for l in list_linear_layers(model) if l.block == 1]
+    assert roles == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert list_linear_layers(model)[-1].role == "lm_head"
+    assert is_causal_lm(load_config(str(tiny_llama_dir)))
+    k = next(l for l in list_linear_layers(model) if l.role == "k")
+    assert k.shape == (16, 32)  # 2 kv heads x 8 dims, from 32 inputs
+
+
+def test_gpt2_conv1d_is_viewed_out_in(tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir))
+    layers = {l.role: l for l in list_linear_layers(model) if l.block == 0}
+    assert set(layers) == {"qkv", "o", "up", "down"}
+    qkv = layers["qkv"]
+    assert qkv.transposed and qkv.shape == (96, 32)
+    w = layer_weight(model, qkv)
+    stored = model.get_submodule(qkv.name).weight
+    assert w.shape == (96, 32) and torch.equal(w, stored.t())
+
+
+def test_encoder_cannot_be_loaded_as_causal(tiny_bert_dir):
+    with pytest.raises(LiftError, match="can be explored but not fine-tuned"):
+        load_model(str(tiny_bert_dir), kind="causal")
+    assert list_linear_layers(load_model(str(tiny_bert_dir)))  # exploring works
+
+
+def test_minilm_tokenizer_loads():
+    tok = load_tokenizer("minilm")
+    assert tok("principal weights")["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("", "no model given"),
+        ("/no/such/dir", "does not exist"),
+        ("./missing-model", "does not exist"),
+        ("nobody/no-such-model-xyz", "could not reach the Hugging Face hub"),
+    ],
+)
+def test_bad_model_names(name, message):
+    with pytest.raises(LiftError, match=message):
+        load_model(name)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(LiftError, match="no config.json"):
+        resolve_model_source(str(tmp_path))
+
+
+def test_directory_without_safetensors(tmp_path, tiny_llama_dir):
+    (tmp_path / "config.json").write_text((tiny_llama_dir / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(LiftError, match="no .safetensors weights"):
+        load_model(str(tmp_path))
+
+
+def test_file_instead_of_directory(tmp_path):
+    f = tmp_path / "weights.txt"
+    f.write_text("x")
+    with pytest.raises(LiftError, match="is a file"):
+        load_model(str(f))
+
+
+def test_broken_config_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(LiftError) as info:
+        load_model(str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_model_too_large_is_refused_from_config(tmp_path, tiny_llama_dir, monkeypatch):
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+    config.update(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                  num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
+                  head_dim=128)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr("lift_core.models.available_memory_bytes", lambda: 16 * 2**30)
+    with pytest.raises(LiftError, match=r"70\.\d+B parameters"):
+        check_fits_in_memory(load_config(str(tmp_path)))
+
+
+def test_model_without_linear_layers():
+    with pytest.raises(LiftError, match="no linear layers"):
+        list_linear_layers(nn.Sequential(nn.Embedding(4, 4), nn.LayerNorm(4)))
+
+
+def test_unknown_layer_name(minilm):
+    with pytest.raises(LiftError, match="no layer named"):
+        layer_weight(minilm, "encoder.layer.99.query")
+
+
+@pytest.mark.parametrize(
+    "name, role",
+    [
+        ("transformer.h.0.attn.c_proj", "o"),
+        ("transformer.h.0.mlp.c_proj", "down"),
+        ("encoder.layer.0.attention.output.dense", "o"),
+        ("encoder.layer.0.output.dense", "down"),
+        ("model.layers.3.mlp.gate_proj", "gate"),
+        ("model.decoder.layers.0.fc1", "up"),
+        ("pooler.dense", "dense"),
+    ],
+)
+def test_layer_roles(name, role):
+    assert layer_role(name) == role
