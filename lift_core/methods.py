@@ -110,6 +110,7 @@ def setup_method(
     filter_rank: int,
     update_interval: int,
     svd: str = "exact",
+    seed: int = 0,
 ) -> MethodSetup:
     """Freeze ``model`` and make the chosen method's trainable set and optimizer.
 
@@ -124,6 +125,7 @@ def setup_method(
         filter_rank: rank r of W_r for lift / lift_smallest.
         update_interval: optimizer steps between mask refreshes.
         svd: "exact" or "randomized" for the LIFT masks.
+        seed: seeds the random mask (and the randomized SVD's sketch).
 
     Returns:
         MethodSetup with the (possibly peft-wrapped) model and its SparseAdamW.
@@ -146,13 +148,18 @@ def setup_method(
         if method == "full":
             groups = [{"params": weights}]
         else:
+            # One group per matrix, named, so refresh events can say which matrix churned.
             groups = [
-                {"params": [w], "mask": method, "lora_rank": lora_rank,
-                 "filter_rank": filter_rank, "update_interval": update_interval, "svd": svd}
-                for w in weights
+                {"params": [w], "param_names": [name], "mask": method, "lora_rank": lora_rank,
+                 "filter_rank": filter_rank, "update_interval": update_interval, "svd": svd,
+                 "seed": seed}
+                for w, name in zip(weights, names)
             ]
         trainable = sum(row["k"] for row in rows)
-    optimizer = SparseAdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0)
+    # Sparse methods gather their masked gradients during backward and free the dense
+    # ones: part of LIFT's memory saving. Dense methods need the full gradients anyway.
+    optimizer = SparseAdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0,
+                            free_dense_grads=method in SPARSE_METHODS)
     return MethodSetup(model, optimizer, trainable, rows)
 
 

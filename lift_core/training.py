@@ -372,6 +372,7 @@ class _TrainingRun:
         self.setup = setup_method(
             model, cfg.method, lr=cfg.lr_used, lora_rank=cfg.lora_rank,
             filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
+            seed=cfg.seed,
         )
         self.model = self.accelerator.prepare_model(self.setup.model)
         self.model.train()
@@ -463,7 +464,7 @@ class _TrainingRun:
         if not events:
             return None
         self.refreshes += 1
-        weights = [e.get("k", 1) for e in events]
+        weights = [e.get("entries", 1) for e in events]
         return sum(w * e["changed_fraction"] for w, e in zip(weights, events)) / sum(weights)
 
     def _evaluate(self, step: int, *, before: bool = False) -> dict:

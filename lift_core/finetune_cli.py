@@ -1,0 +1,124 @@
+"""``python -m lift_core finetune``: one fine-tuning run from the command line.
+
+The parser only collects settings; every default and check lives in
+:class:`lift_core.training.FinetuneConfig`, so the CLI, the app and the tests cannot
+drift apart. Options left out keep the config's defaults (the built-in model and tasks,
+method lift). User errors are raised as LiftError, which lift_core.cli prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from lift_core.methods import METHODS
+
+# CLI option -> FinetuneConfig field, for the options whose names differ only by dashes.
+_OPTIONS = [
+    ("--model", str, "embedded name (builtin), local model directory or hub id of a causal LM "
+                     "(default: builtin)"),
+    ("--steps", int, "optimizer steps"),
+    ("--lr", float, "peak learning rate (default: the method's, see docs/training.md)"),
+    ("--lora-rank", int, "LoRA rank, and the budget of the sparse methods: "
+                         "k = min((m+n)*R, m*n) per matrix"),
+    ("--filter-rank", int, "rank r of W_r that scores entries (lift, lift_smallest)"),
+    ("--update-interval", int, "steps between mask refreshes (sparse methods)"),
+    ("--seed", int, "seed of data order, LoRA init and the random mask"),
+    ("--batch-size", int, "training examples per step"),
+    ("--eval-every", int, "evaluate every N steps (and at the end)"),
+    ("--eval-limit", int, "evaluate on at most N examples of each eval set"),
+    ("--max-new-tokens", int, "generation length when evaluating (default: longest answer + 8)"),
+    ("--train-examples", int, "size of the built-in training set"),
+    ("--warmup-ratio", float, "fraction of steps of linear warmup (default 0.03)"),
+    ("--threads", int, "torch CPU threads"),
+    ("--train-data", str, "Alpaca JSON/JSONL training file (default: the built-in target task)"),
+    ("--target-eval", str, "Alpaca JSON/JSONL target eval file (default: built-in)"),
+    ("--source-eval", str, "Alpaca JSON/JSONL source eval file, to measure forgetting "
+                           "(default: built-in)"),
+]
+
+
+def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``finetune`` sub-command to ``subparsers`` and return its parser."""
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune with LIFT or a baseline and write a run record",
+        description="Fine-tune a causal LM with LIFT or a baseline at a matched budget, "
+                    "measuring target accuracy and forgetting; writes config.json, "
+                    "metrics.jsonl and summary.json to --out.")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="what to train (default: lift)")
+    for flag, kind, text in _OPTIONS:
+        p.add_argument(flag, type=kind, default=None, help=text)
+    p.add_argument("--svd", choices=["exact", "randomized"], default=None,
+                   help="SVD for the LIFT masks (default: exact)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="auto (CUDA when present, bf16), cpu or cuda")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run record in a non-empty --out")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a hub model's own Python code (off by default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_finetune)
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """A FinetuneConfig from parsed arguments; options not given keep the config defaults."""
+    from lift_core.training import FinetuneConfig
+
+    names = {f.name for f in fields(FinetuneConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    given["out_dir"] = args.out
+    given["overwrite"] = bool(args.overwrite)
+    given["trust_remote_code"] = bool(getattr(args, "trust_remote_code", False))
+    return FinetuneConfig(**given)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Run ``finetune`` for parsed arguments; print a summary paragraph.
+
+    Returns:
+        0 when the run completed, 1 when it failed (NaN loss, out of memory) or was stopped.
+
+    Raises:
+        LiftError: bad settings or data (lift_core.cli prints it as one line).
+    """
+    from transformers.utils import logging as hf_logging
+
+    from lift_core.training import finetune
+
+    config = config_from_args(args)
+    hf_logging.disable_progress_bar()  # keep stderr to our one bar
+    summary = finetune(config, progress=not args.no_progress)
+    print(summary_paragraph(summary, config.out_dir))
+    if summary["status"] != "completed":
+        print(f"error: {summary['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def summary_paragraph(summary: dict, out_dir: str | None = None) -> str:
+    """One paragraph that says what a run did, for the terminal."""
+    s = summary
+    state = (s.get("optimizer_state_bytes") or 0) / 2**20
+    per_step = s.get("seconds_per_step")
+    forgetting = s.get("forgetting")
+    text = (
+        f"{s['method']} on {s['model']} {s['status']} after {s['steps_done']}/{s['steps']} "
+        f"steps in {s['wall_seconds']:.1f} s"
+        + (f" ({1000 * per_step:.0f} ms/step)" if per_step else "")
+        + f": target accuracy {_pct(s.get('target_acc_before'))} -> {_pct(s.get('target_acc'))}, "
+        f"source accuracy {_pct(s.get('source_acc_before'))} -> {_pct(s.get('source_acc'))} "
+        f"(forgetting {'n/a' if forgetting is None else f'{100 * forgetting:+.1f} points'}); "
+        f"{s['trainable_params']:,} trainable numbers, optimizer state {state:.2f} MiB, "
+        f"peak memory {(s.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB."
+    )
+    if out_dir:
+        text += f" Run record in {out_dir}."
+    return text

@@ -1,0 +1,128 @@
+"""Each method trains exactly what it should, at a budget matched to LoRA."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lift_core.errors import LiftError
+from lift_core.masks import lora_budget
+from lift_core.methods import (
+    DEFAULT_LRS,
+    METHODS,
+    SPARSE_METHODS,
+    block_linear_names,
+    check_method,
+    default_lr,
+    setup_method,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a shared 2-core machine torch's spinning worker threads slow tiny models ~50x.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tiny_llama() -> LlamaForCausalLM:
+    config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def _train_a_few_steps(method: str, **kwargs):
+    model = _tiny_llama()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    setup = setup_method(model, method, lr=1e-2, lora_rank=2, filter_rank=2,
+                         update_interval=kwargs.pop("update_interval", 1000), **kwargs)
+    ids = torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        setup.model(input_ids=ids, labels=ids).loss.backward()
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
+    return model, before, setup
+
+
+def _changed(model, before) -> dict:
+    return {n: ~torch.isclose(p.detach(), before[n], rtol=0, atol=0) for n, p in
+            model.named_parameters() if n in before}
+
+
+def test_check_method_lists_the_allowed_methods():
+    with pytest.raises(LiftError, match="unknown method 'dora'.*lift, full, lora"):
+        check_method("dora")
+
+
+def test_default_lrs_follow_the_paper_sparse_and_lora_above_full():
+    assert set(DEFAULT_LRS) == set(METHODS)
+    for method in ("lift", "lora", "magnitude", "random", "lift_smallest"):
+        assert default_lr(method) > default_lr("full") > 0
+
+
+@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_sparse_methods_change_only_masked_block_entries(method):
+    model, before, setup = _train_a_few_steps(method)
+    linears = {f"{n}.weight" for n in block_linear_names(model)}
+    for name, diff in _changed(model, before).items():
+        if name in linears:
+            param = model.get_parameter(name)
+            mask = setup.optimizer.mask_of(param)
+            assert not diff[~mask].any(), f"{name} changed outside its mask"
+            assert diff[mask].float().mean() > 0.5, f"{name} barely trained"
+        else:
+            assert not diff.any(), f"{name} should be frozen"
+    expected = sum(lora_budget(model.get_parameter(n).shape, 2) for n in linears)
+    assert setup.trainable_params == expected
+
+
+def test_full_changes_every_block_linear_and_nothing_else():
+    model, before, setup = _train_a_few_steps("full")
+    linears = {f"{n}.weight" for n in block_linear_names(model)}
+    for name, diff in _changed(model, before).items():
+        if name in linears:
+            assert diff.float().mean() > 0.9, f"{name} did not train"
+        else:
+            assert not diff.any(), f"{name} should be frozen"  # embeddings, lm_head, norms
+    assert setup.trainable_params == sum(model.get_parameter(n).numel() for n in linears)
+
+
+def test_lora_is_peft_and_leaves_the_base_weights_alone():
+    from peft import PeftModel
+
+    names = block_linear_names(_tiny_llama())
+    model, before, setup = _train_a_few_steps("lora")
+    assert isinstance(setup.model, PeftModel)
+    for name, param in setup.model.named_parameters():
+        base = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if "lora_" in name:
+            assert param.requires_grad
+        else:
+            assert torch.equal(param.detach(), before[base]), f"{name} changed"
+    lora_b = [p for n, p in setup.model.named_parameters() if "lora_B" in n]
+    assert all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero, so it has trained
+    shapes = [before[f"{n}.weight"].shape for n in names]
+    assert len(lora_b) == len(names)  # one adapter per block linear, none on lm_head
+    assert setup.trainable_params == sum((m + n) * 2 for m, n in shapes)
+
+
+def test_budget_is_clipped_to_the_whole_matrix_and_noted():
+    model = _tiny_llama()
+    setup = setup_method(model, "magnitude", lr=1e-3, lora_rank=40, filter_rank=2,
+                         update_interval=10)
+    assert len(setup.clipped_layers) == len(block_linear_names(model))
+    assert all(row["k"] == row["shape"][0] * row["shape"][1] for row in setup.layers)
+
+
+def test_filter_rank_larger_than_a_matrix_is_a_clear_error():
+    with pytest.raises(LiftError, match="filter rank 64 exceeds the rank of model.layers.0"):
+        setup_method(_tiny_llama(), "lift", lr=1e-3, lora_rank=2, filter_rank=64,
+                     update_interval=10)
+
+
+def test_mask_refresh_reports_churn():
+    _, _, setup = _train_a_few_steps("lift", update_interval=1)
+    events = setup.optimizer.pop_refresh_events()
+    assert events and all(0 <= e["changed_fraction"] <= 1 for e in events)
