@@ -1,0 +1,125 @@
+"""The finetune sub-command: parsing, an end-to-end run, one-line errors."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lift_core.errors import LiftError
+from lift_core.finetune_cli import add_finetune_parser, config_from_args, run_finetune
+from lift_core.training import FinetuneConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a shared 2-core machine torch's spinning worker threads slow tiny models ~50x.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def char_llama(tmp_path_factory):
+    from transformers import LlamaForCausalLM
+
+    from lift_core.builtin_model import BuiltinRecipe, build_config, build_tokenizer
+
+    path = tmp_path_factory.mktemp("char_llama")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    recipe = BuiltinRecipe(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48)
+    LlamaForCausalLM(build_config(recipe, tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _parse(*argv):
+    parser = argparse.ArgumentParser(prog="lift")
+    add_finetune_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["finetune", *argv])
+
+
+QUICK = ["--steps", "3", "--eval-every", "3", "--eval-limit", "4", "--max-new-tokens", "3",
+         "--batch-size", "4", "--train-examples", "20", "--lora-rank", "2", "--filter-rank", "2",
+         "--no-progress"]
+
+
+def test_defaults_come_from_the_config():
+    config = config_from_args(_parse("--out", "somewhere"))
+    assert config == FinetuneConfig(out_dir="somewhere")
+    assert config.model == "builtin" and config.method == "lift"
+
+
+def test_options_reach_the_config():
+    args = _parse("--method", "lora", "--lr", "3e-4", "--lora-rank", "8", "--filter-rank", "6",
+                  "--update-interval", "7", "--seed", "3", "--device", "cpu", "--out", "x",
+                  "--overwrite")
+    config = config_from_args(args)
+    assert (config.method, config.lr, config.lora_rank, config.filter_rank) == ("lora", 3e-4, 8, 6)
+    assert (config.update_interval, config.seed, config.device, config.overwrite) == (7, 3, "cpu", True)
+
+
+def test_unknown_method_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        _parse("--method", "dora", "--out", "x")
+    assert "invalid choice: 'dora'" in capsys.readouterr().err
+
+
+def test_end_to_end_run_prints_a_summary(char_llama, tmp_path, capsys):
+    code = run_finetune(_parse("--model", char_llama, "--method", "magnitude",
+                               "--out", str(tmp_path / "run"), *QUICK))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("magnitude on ") and "completed after 3/3 steps" in out
+    assert "forgetting" in out and str(tmp_path / "run") in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["method"] == "magnitude" and summary["status"] == "completed"
+
+
+def test_bad_values_raise_lift_error():
+    with pytest.raises(LiftError, match="learning rate must be > 0"):
+        run_finetune(_parse("--lr", "0", "--out", "x"))
+    with pytest.raises(LiftError, match="steps must be"):
+        run_finetune(_parse("--steps", "-1", "--out", "x"))
+
+
+def test_malformed_data_is_one_line_through_the_main_cli(char_llama, tmp_path, capsys):
+    cli = pytest.importorskip("lift_core.cli")
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c"}\n')
+    code = cli.main(["finetune", "--model", char_llama, "--train-data", str(data),
+                     "--out", str(tmp_path / "run"), *QUICK])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "bad.jsonl, line 3" in err and "output" in err
+
+
+@pytest.mark.skipif(not (REPO / "lift_core" / "__main__.py").exists(),
+                    reason="python -m lift_core is not wired yet")
+def test_python_m_lift_core_finetune(char_llama, tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "lift_core", "finetune", "--model", char_llama, "--method", "full",
+         "--out", str(run), "--threads", "1", *QUICK],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "full on" in done.stdout and (run / "summary.json").is_file()
+
+
+def test_existing_out_dir_is_one_line_through_the_main_cli(char_llama, tmp_path, capsys):
+    cli = pytest.importorskip("lift_core.cli")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    code = cli.main(["finetune", "--model", char_llama, "--out", str(run), *QUICK])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: output directory") and "\n" not in err
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
