@@ -1,0 +1,165 @@
+"""Plotly figure builders for the explorer pages: plain data in, a Figure out.
+
+Nothing here touches Streamlit or torch: every builder takes numpy arrays or DataFrames,
+so the tests can check traces and axes without a browser. Spectrum and overlap charts live
+here; the matrix heatmaps are in :mod:`lift_ui.figures_matrix`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+# One colour per mask strategy / comparison, used on every page.
+COLORS = {
+    "lift": "#e66101",
+    "magnitude": "#5e3c99",
+    "random": "#7f7f7f",
+    "lift_smallest": "#1b9e77",
+    "shuffled": "#7f7f7f",
+    "marker": "#d62728",
+}
+ROLE_COLORS = {
+    "q": "#1f77b4", "k": "#aec7e8", "v": "#2ca02c", "o": "#98df8a", "qkv": "#17becf",
+    "gate": "#9467bd", "up": "#ff7f0e", "down": "#d62728", "lm_head": "#7f7f7f",
+}
+SWEEP_LINES = {
+    "jaccard_lift_vs_magnitude": ("LIFT vs magnitude", COLORS["magnitude"], "solid"),
+    "jaccard_lift_vs_random": ("LIFT vs random", COLORS["random"], "dot"),
+    "jaccard_lift_vs_lift_smallest": ("LIFT vs LIFT-smallest", COLORS["lift_smallest"], "dash"),
+    "jaccard_magnitude_vs_random": ("magnitude vs random", "#bcbd22", "dashdot"),
+}
+MASK_LABELS = {
+    "lift": "LIFT", "magnitude": "magnitude", "random": "random", "lift_smallest": "LIFT-smallest",
+}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=15)),
+        height=height,
+        margin=dict(l=60, r=20, t=50, b=50),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        template="plotly_white",
+    )
+    return fig
+
+
+def spectrum_figure(
+    singular_values: np.ndarray, shuffled: np.ndarray, mp_edge: float, filter_rank: int
+) -> go.Figure:
+    """Singular values vs index on log-log axes, with the shuffled copy and the MP edge.
+
+    Args:
+        singular_values: descending singular values of W.
+        shuffled: descending singular values of W with its entries randomly permuted.
+        mp_edge: Marchenko–Pastur upper edge of a same-shape random matrix.
+        filter_rank: r, marked with a vertical line.
+    """
+    s = np.asarray(singular_values, dtype=float)
+    idx = np.arange(1, len(s) + 1)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=idx, y=s, name="W", mode="lines+markers",
+                             marker=dict(size=3), line=dict(color=COLORS["lift"], width=2)))
+    if len(shuffled):
+        sh = np.asarray(shuffled, dtype=float)
+        fig.add_trace(go.Scatter(x=np.arange(1, len(sh) + 1), y=sh, name="shuffled copy",
+                                 mode="lines", line=dict(color=COLORS["shuffled"], dash="dot")))
+    # Reference lines are traces (not shapes) so they behave on log axes and in tests.
+    fig.add_trace(go.Scatter(x=[1, len(s)], y=[mp_edge, mp_edge], mode="lines",
+                             name=f"MP bulk edge ({mp_edge:.3g})",
+                             line=dict(color="black", dash="dash", width=1)))
+    positive = s[s > 0]
+    low = float(positive.min()) if len(positive) else 1e-6
+    fig.add_trace(go.Scatter(x=[filter_rank, filter_rank], y=[low, float(s.max(initial=1.0))],
+                             mode="lines", name=f"filter rank r = {filter_rank}",
+                             line=dict(color=COLORS["marker"], width=1)))
+    fig.update_xaxes(type="log", title="index i (log)")
+    fig.update_yaxes(type="log", title="singular value σ_i (log)")
+    return _layout(fig, "Singular values")
+
+
+def energy_figure(energy: np.ndarray, filter_rank: int) -> go.Figure:
+    """Cumulative energy (fraction of ||W||_F² kept by rank r) with the filter rank marked."""
+    e = np.asarray(energy, dtype=float)
+    ranks = np.arange(1, len(e) + 1)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=ranks, y=e, name="energy kept", mode="lines",
+                             line=dict(color=COLORS["lift"], width=2)))
+    r = min(max(1, filter_rank), len(e))
+    fig.add_trace(go.Scatter(x=[r], y=[e[r - 1]], name=f"r = {r}: {e[r - 1]:.0%}",
+                             mode="markers+text", text=[f"r={r}: {e[r - 1]:.0%}"],
+                             textposition="middle right",
+                             marker=dict(color=COLORS["marker"], size=10)))
+    fig.update_xaxes(type="log", title="rank r (log)")
+    fig.update_yaxes(range=[0, 1.02], title="fraction of ||W||_F² kept", tickformat=".0%")
+    return _layout(fig, "Cumulative energy of the rank-r approximation")
+
+
+def overlap_sweep_figure(
+    table: pd.DataFrame, x: str, current: int, x_title: str, title: str
+) -> go.Figure:
+    """Jaccard of mask pairs as one knob varies (a column of ``table``), log x axis.
+
+    Args:
+        table: rows from lift_core.overlap.overlap_vs_filter_rank / overlap_vs_budget.
+        x: the column that varies ("filter_rank" or "lora_rank").
+        current: the sidebar's current value, marked with a vertical line.
+    """
+    fig = go.Figure()
+    for column, (label, color, dash) in SWEEP_LINES.items():
+        if column in table:
+            fig.add_trace(go.Scatter(x=table[x], y=table[column], name=label,
+                                     mode="lines+markers", line=dict(color=color, dash=dash)))
+    fig.add_trace(go.Scatter(x=[current, current], y=[0, 1], mode="lines", name="current",
+                             line=dict(color=COLORS["marker"], width=1), showlegend=False))
+    fig.update_xaxes(type="log", title=x_title)
+    fig.update_yaxes(range=[0, 1.02], title="Jaccard |A∩B| / |A∪B|")
+    return _layout(fig, title)
+
+
+def pairwise_figure(table: pd.DataFrame) -> go.Figure:
+    """Annotated heatmap of the square pairwise-Jaccard table (index = columns = mask names)."""
+    labels = [MASK_LABELS.get(c, c) for c in table.columns]
+    z = table.to_numpy(dtype=float)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues",
+        text=np.round(z, 3), texttemplate="%{text}", hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
+        colorbar=dict(title="Jaccard"),
+    ))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "Pairwise Jaccard at the current settings", height=360)
+
+
+def model_overlap_figure(table: pd.DataFrame) -> go.Figure:
+    """One bar per layer of LIFT-vs-magnitude Jaccard, coloured by role; random as a reference.
+
+    Args:
+        table: lift_core.analysis.analyze_model(...).table (needs layer, block, role and
+            jaccard_lift_vs_magnitude; jaccard_lift_vs_random is drawn when present).
+    """
+    labels = [_short_label(b, r) for b, r in zip(table["block"], table["role"])]
+    fig = go.Figure()
+    for role in dict.fromkeys(table["role"]):
+        rows = (table["role"] == role).to_numpy()
+        fig.add_trace(go.Bar(
+            x=[l for l, keep in zip(labels, rows) if keep],
+            y=table.loc[rows, "jaccard_lift_vs_magnitude"], name=role,
+            marker_color=ROLE_COLORS.get(role, "#8c564b"),
+            customdata=table.loc[rows, "layer"],
+            hovertemplate="%{customdata}<br>Jaccard %{y:.3f}<extra></extra>",
+        ))
+    if "jaccard_lift_vs_random" in table:
+        fig.add_trace(go.Scatter(x=labels, y=table["jaccard_lift_vs_random"], mode="markers",
+                                 name="LIFT vs random", marker=dict(color="black", symbol="line-ew-open", size=10)))
+    fig.update_xaxes(title="layer (block · role)", categoryorder="array", categoryarray=labels,
+                     tickangle=-60)
+    fig.update_yaxes(title="Jaccard LIFT vs magnitude", rangemode="tozero")
+    return _layout(fig, "LIFT vs magnitude overlap, every layer", height=420)
+
+
+def _short_label(block, role) -> str:
+    if block is None or (isinstance(block, float) and np.isnan(block)):
+        return f"– {role}"
+    return f"{int(block)} {role}"

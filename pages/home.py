@@ -1,0 +1,36 @@
+"""Overview: what LIFT is, and the layers of the chosen model."""
+
+import streamlit as st
+
+from lift_ui import state
+
+st.title("LIFT Studio")
+st.markdown(
+    "**LIFT** (Liu et al., ICML 2025) fine-tunes only a model's *principal weights*. "
+    "For a weight matrix W (out × in) it takes the best rank-r approximation W_r from the SVD "
+    "(r is the *filter rank*), scores every entry by |W_r[i, j]|, and trains just the k "
+    "entries with the largest score — entries of the original W, everything else frozen. "
+    "The budget k matches a LoRA of rank `lora_rank`: k = min((m+n)·lora_rank, m·n), "
+    "about 5% of each matrix at rank 128 on Llama-2-7B."
+)
+st.markdown(
+    "The paper's finding: these principal weights are **not** simply the largest weights. "
+    "Plain magnitude selection is a poor baseline, but after rank reduction it becomes a "
+    "strong one; LIFT matches or beats full fine-tuning on reasoning tasks and forgets less."
+)
+sel = state.explorer_sidebar()
+st.subheader("Explore")
+cols = st.columns(3)
+cols[0].page_link("pages/spectrum.py", label="Spectrum: where the structure is", icon=":material/show_chart:")
+cols[1].page_link("pages/principal_weights.py", label="Principal weights: which entries", icon=":material/grid_on:")
+cols[2].page_link("pages/overlap.py", label="Overlap: LIFT vs magnitude", icon=":material/join_inner:")
+if sel is None:
+    st.info("Pick a model in the sidebar to list its layers.")
+    st.stop()
+st.subheader(f"Linear layers of {sel.model_name}")
+st.caption(
+    f"{sel.params / 1e6:.1f}M parameters. LIFT trains the linear layers inside the transformer "
+    "blocks (q, k, v, o, gate, up, down); embeddings, norms, biases and heads stay frozen."
+    + ("" if sel.causal else " This is an encoder-only model: explore it here, fine-tune a decoder.")
+)
+st.dataframe(state.model_layers_table(sel.model_name), hide_index=True, width="stretch")
