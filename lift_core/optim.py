@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass, field
 from itertools import chain
 
 import torch
@@ -23,6 +22,10 @@ from lift_core.svd import SVD_MODES, check_filter_rank
 
 # Flat indices fit int32 (4 bytes) below this many entries; larger matrices need int64.
 _INT32_NUMEL_LIMIT = 2**31
+# Entries per batch of foreach calls: large enough to amortize launches, small enough
+# that the step's temporaries (gathered weights and grads, int64 indices, denominators)
+# stay far below the dense gradients the masks save.
+_CHUNK_ENTRIES = 2**24
 
 
 class SparseAdamW(torch.optim.Optimizer):
@@ -101,18 +104,21 @@ class SparseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        refreshed: list[tuple[int, str, int, int]] = []
-        offset = 0
+        # Groups with equal hyperparameters (e.g. LIFT's one group per matrix) share
+        # foreach calls; chunking bounds the temporaries to ~20 bytes x _CHUNK_ENTRIES.
+        pending: dict[tuple, _Batch] = {}
+        updated: set[int] = set()
         for group in self.param_groups:
-            batch = self._collect(group)
-            if batch.params:
-                _adamw_update(batch, group)
-                _write_back(batch)
-            if group["mask"] is not None and group["update_interval"] is not None:
-                refreshed += self._refresh_due(group, offset, batch.params)
-            offset += len(group["params"])
-        if refreshed:
-            self._record_refresh(refreshed)
+            key = _hyperparameters(group)
+            for p in group["params"]:
+                batch = pending.setdefault(key, _Batch(group))
+                if self._add_to_batch(p, group, batch):
+                    updated.add(id(p))
+                if batch.entries >= _CHUNK_ENTRIES:
+                    pending.pop(key).apply()
+        for batch in pending.values():
+            batch.apply()
+        self._refresh_due(updated)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -238,44 +244,45 @@ class SparseAdamW(torch.optim.Optimizer):
             buffer.add_(gathered)
         p.grad = None
 
-    def _collect(self, group: dict) -> "_Batch":
-        """Gather (fp32, 1-D) weights, gradients and moments of the group's params to update."""
-        batch = _Batch()
-        masked = group["mask"] is not None
-        for p in group["params"]:
-            state = self.state[p]
-            if masked:
-                indices = state["indices"].long()  # int64 gathers/copies are the fast ones
-                grad = self._grad_buffers.get(p)
-                if grad is None and p.grad is not None:
-                    grad = p.grad.reshape(-1).index_select(0, indices)
-                weight = p.reshape(-1).index_select(0, indices) if grad is not None else None
-            else:
-                if p.grad is None:
-                    continue
-                if not state:
-                    _start_dense_state(p, state)
-                indices, grad = None, p.grad.reshape(-1)
-                weight = p.view(-1) if _updates_in_place(p) else p.reshape(-1).float()
-            if grad is None:
-                continue
-            state["step"] += 1
-            batch.add(p, indices, weight.float(), grad.float(), state)
-        return batch
+    def _add_to_batch(self, p: torch.Tensor, group: dict, batch: "_Batch") -> bool:
+        """Queue p's fp32 1-D weights, gradient and moments for the update, if it has a grad."""
+        state = self.state[p]
+        if group["mask"] is not None:
+            indices = state["indices"].long()  # int64 gathers/copies are the fast ones
+            grad = self._grad_buffers.get(p)
+            if grad is None and p.grad is not None:
+                grad = p.grad.reshape(-1).index_select(0, indices)
+            weight = p.reshape(-1).index_select(0, indices) if grad is not None else None
+        else:
+            if p.grad is None:
+                return False
+            if not state:
+                _start_dense_state(p, state)
+            indices, grad = None, p.grad.reshape(-1)
+            weight = p.view(-1) if _updates_in_place(p) else p.reshape(-1).float()
+        if grad is None:
+            return False
+        state["step"] += 1
+        batch.add(p, indices, weight.float(), grad.float(), state)
+        return True
 
-    def _refresh_due(self, group: dict, offset: int, updated: list) -> list:
-        """Refresh the masks of just-updated params whose step is a multiple of the interval."""
+    def _refresh_due(self, updated: set[int]) -> None:
+        """Refresh masks of just-updated params whose step is a multiple of the interval."""
         refreshed = []
-        names = group.get("param_names")
-        updated_ids = {id(p) for p in updated}
-        for i, p in enumerate(group["params"]):
-            state = self.state[p]
-            if id(p) not in updated_ids or state["step"] % group["update_interval"] != 0:
-                continue
-            name = names[i] if names else f"param{offset + i}"
-            changed = self._refresh_mask(p, group, offset + i)
-            refreshed.append((state["step"], name, changed, state["indices"].numel()))
-        return refreshed
+        offset = 0
+        for group in self.param_groups:
+            names = group.get("param_names")
+            interval = group["update_interval"] if group["mask"] is not None else None
+            for i, p in enumerate(group["params"] if interval else ()):
+                state = self.state[p]
+                if id(p) not in updated or state["step"] % interval != 0:
+                    continue
+                changed = self._refresh_mask(p, group, offset + i)
+                name = names[i] if names else f"param{offset + i}"
+                refreshed.append((state["step"], name, changed, state["indices"].numel()))
+            offset += len(group["params"])
+        if refreshed:
+            self._record_refresh(refreshed)
 
     def _refresh_mask(self, p: torch.Tensor, group: dict, position: int) -> int:
         """Recompute p's mask from its current weights; returns entries that changed."""
@@ -308,19 +315,17 @@ class SparseAdamW(torch.optim.Optimizer):
             })
 
 
-@dataclass
 class _Batch:
-    """The 1-D fp32 vectors of one group's step, lined up for torch._foreach ops."""
+    """The 1-D fp32 vectors of one step, lined up for torch._foreach ops."""
 
-    params: list = field(default_factory=list)
-    indices: list = field(default_factory=list)
-    weights: list = field(default_factory=list)
-    grads: list = field(default_factory=list)
-    exp_avgs: list = field(default_factory=list)
-    exp_avg_sqs: list = field(default_factory=list)
-    steps: list = field(default_factory=list)
+    def __init__(self, group: dict):
+        self.group = group  # any group with these hyperparameters
+        self.entries = 0
+        self.params, self.indices, self.weights, self.grads = [], [], [], []
+        self.exp_avgs, self.exp_avg_sqs, self.steps = [], [], []
 
     def add(self, p, indices, weight, grad, state) -> None:
+        self.entries += weight.numel()
         self.params.append(p)
         self.indices.append(indices)
         self.weights.append(weight)
@@ -328,6 +333,15 @@ class _Batch:
         self.exp_avgs.append(state["exp_avg"])
         self.exp_avg_sqs.append(state["exp_avg_sq"])
         self.steps.append(state["step"])
+
+    def apply(self) -> None:
+        if self.params:
+            _adamw_update(self, self.group)
+            _write_back(self)
+
+
+def _hyperparameters(group: dict) -> tuple:
+    return (group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"])
 
 
 def _adamw_update(batch: _Batch, group: dict) -> None:

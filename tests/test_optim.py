@@ -13,6 +13,7 @@ import torch
 
 from lift_core.errors import LiftError
 from lift_core.masks import compute_mask, lora_budget
+import lift_core.optim as optim_module
 from lift_core.optim import SparseAdamW
 
 BETAS = (0.9, 0.95)
@@ -246,6 +247,26 @@ def test_state_dict_round_trip(dtype):
     for p, q in zip(params, resumed_params):
         assert torch.equal(p, q)
     assert resumed.pop_refresh_events()[0]["step"] == 8
+
+
+def test_one_group_per_matrix_in_small_chunks_equals_one_group(monkeypatch):
+    weights = _tiny_weights()
+    settings = {"mask": "lift", "lora_rank": 2, "filter_rank": 3, "update_interval": 3}
+    shared = [torch.nn.Parameter(w.clone()) for w in weights]
+    opt = SparseAdamW([{"params": shared, **settings}], lr=0.05)
+    _run(opt, shared, 7, seed=4)
+    # The trainer's layout: one named group per matrix; tiny chunks force several flushes.
+    monkeypatch.setattr(optim_module, "_CHUNK_ENTRIES", 10)
+    split = [torch.nn.Parameter(w.clone()) for w in weights]
+    per_matrix = SparseAdamW([{"params": [p], "param_names": [f"w{i}"], **settings}
+                              for i, p in enumerate(split)], lr=0.05)
+    _run(per_matrix, split, 7, seed=4)
+    for p, q in zip(shared, split):
+        assert torch.equal(p, q)
+    events = per_matrix.pop_refresh_events()
+    assert [e["step"] for e in events] == [3, 6]
+    assert set(events[0]["per_param"]) == {"w0", "w1"}
+    assert events[0]["changed_fraction"] == opt.pop_refresh_events()[0]["changed_fraction"]
 
 
 def test_clip_grad_norm_matches_torch_on_dense_grads():
