@@ -114,6 +114,98 @@ class RunWriter:
             self._metrics.close()
 
 
+class RunRecorder:
+    """Where a run's rows go: the run directory (if any) and the caller's callbacks.
+
+    A callback is a callable that receives each metrics row, or an object with
+    ``on_metrics(row)`` and/or ``on_end(summary)``; pass one or a list. The out dir is
+    checked here, before anything slow happens, and created only by :meth:`start`.
+    """
+
+    def __init__(self, out_dir=None, *, overwrite: bool = False, callbacks=None):
+        self.out_dir, self.overwrite, self.writer = out_dir, overwrite, None
+        if out_dir:
+            check_out_dir(out_dir, overwrite=overwrite)
+        if callbacks is None:
+            callbacks = []
+        elif callable(callbacks) or hasattr(callbacks, "on_metrics") or hasattr(callbacks, "on_end"):
+            callbacks = [callbacks]
+        self.callbacks = list(callbacks)
+
+    def start(self, config: dict) -> None:
+        """Create the run directory and write config.json."""
+        if self.out_dir:
+            self.writer = RunWriter(self.out_dir, overwrite=self.overwrite)
+            self.writer.write_config(config)
+
+    def row(self, row: dict) -> None:
+        """Append a metrics row to metrics.jsonl and hand a copy to each callback."""
+        if self.writer is not None:
+            self.writer.append_metrics(row)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_metrics"):
+                cb.on_metrics(dict(row))
+            elif callable(cb) and not hasattr(cb, "on_end"):
+                cb(dict(row))
+
+    def end(self, summary: dict) -> None:
+        """Write summary.json (atomically) and call each callback's on_end."""
+        if self.writer is not None:
+            self.writer.write_summary(summary)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_end"):
+                cb.on_end(dict(summary))
+
+
+class PeakMemory:
+    """Peak memory of a run: CUDA's allocator peak, or the process RSS sampled on CPU."""
+
+    def __init__(self, device):
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.peak = 0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            self.how = "torch.cuda.max_memory_allocated (tensors on the GPU, whole run)"
+        else:
+            self.how = ("process resident set size (/proc/self/statm) sampled after each "
+                        "forward, backward and optimizer step; includes Python and libraries")
+
+    def sample(self) -> None:
+        """Take one RSS sample (CPU only; CUDA keeps its own peak)."""
+        if self.cuda:
+            return
+        try:
+            with open("/proc/self/statm") as fh:
+                rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):  # not Linux: the process-lifetime peak
+            import resource
+
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak = max(self.peak, rss)
+
+    def result(self) -> int:
+        """Peak bytes so far."""
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()) if self.cuda else self.peak
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that decide a run's numbers (stored in config.json)."""
+    import platform
+
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__}
+
+
 def check_out_dir(path: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Raise LiftError unless ``path`` is missing, empty, or ``overwrite`` is set."""
     path = Path(path).expanduser()

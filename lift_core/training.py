@@ -20,6 +20,7 @@ import torch
 
 from lift_core.errors import LiftError
 from lift_core.methods import METHODS, check_method, default_lr
+from lift_core.records import PeakMemory, RunRecorder, library_versions
 from lift_core.svd import SVD_MODES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -33,13 +34,13 @@ class FinetuneConfig:
     """Embedded alias, local Hugging Face directory or hub id of a causal LM."""
     method: str = "lift"
     """One of lift, full, lora, magnitude, random, lift_smallest."""
-    steps: int = 300
+    steps: int = 400
     """Optimizer steps."""
     lr: float | None = None
     """Peak learning rate; None uses the method's default (methods.DEFAULT_LRS)."""
-    lora_rank: int = 4
+    lora_rank: int = 8
     """LoRA rank, and the budget of the sparse methods: k = min((m+n)*lora_rank, m*n)."""
-    filter_rank: int = 4
+    filter_rank: int = 8
     """Rank r of the approximation W_r that scores entries (lift, lift_smallest)."""
     update_interval: int = 100
     """Optimizer steps between mask refreshes of the sparse methods."""
@@ -145,19 +146,6 @@ def linear_schedule(warmup_steps: int, total_steps: int):
     return factor
 
 
-def library_versions() -> dict:
-    """Versions of the libraries that decide a run's numbers."""
-    import platform
-
-    import accelerate
-    import peft
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__}
-
-
 def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Event | None = None,
              progress: bool | None = None) -> dict:
     """Run one fine-tuning job and return its summary (also written to summary.json).
@@ -197,29 +185,6 @@ def config_record(config: FinetuneConfig) -> dict:
 # --- the run -----------------------------------------------------------------------------
 
 
-class _Callbacks:
-    """Fan a metrics row / the summary out to plain callables or on_metrics/on_end objects."""
-
-    def __init__(self, callbacks):
-        if callbacks is None:
-            callbacks = []
-        elif callable(callbacks) or hasattr(callbacks, "on_metrics") or hasattr(callbacks, "on_end"):
-            callbacks = [callbacks]
-        self.items = list(callbacks)
-
-    def metrics(self, row: dict) -> None:
-        for cb in self.items:
-            if hasattr(cb, "on_metrics"):
-                cb.on_metrics(dict(row))
-            elif callable(cb) and not hasattr(cb, "on_end"):
-                cb(dict(row))
-
-    def end(self, summary: dict) -> None:
-        for cb in self.items:
-            if hasattr(cb, "on_end"):
-                cb.on_end(dict(summary))
-
-
 class _Batches:
     """Endless batches of training examples, reshuffled every epoch with a seeded generator."""
 
@@ -238,35 +203,6 @@ class _Batches:
         batch = self.encode(self.tokenizer, [self.examples[i] for i in picked])
         # Right padding: cutting columns keeps every sequence's beginning.
         return {k: v[:, : self.max_length].to(self.device) for k, v in batch.items()}
-
-
-class _PeakMemory:
-    """Peak memory of the run: CUDA's allocator peak, or the process RSS sampled on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.peak = 0
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            self.how = "torch.cuda.max_memory_allocated (tensors on the GPU, whole run)"
-        else:
-            self.how = ("process resident set size (/proc/self/statm) sampled after each "
-                        "forward, backward and optimizer step; includes Python and libraries")
-
-    def sample(self) -> None:
-        if self.cuda:
-            return
-        try:
-            with open("/proc/self/statm") as fh:
-                rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):  # not Linux: the process-lifetime peak
-            import resource
-
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.peak = max(self.peak, rss)
-
-    def result(self) -> int:
-        return int(torch.cuda.max_memory_allocated()) if self.cuda else self.peak
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -318,24 +254,27 @@ class _TrainingRun:
 
     def __init__(self, config: FinetuneConfig, *, callbacks, stop_event, progress: bool):
         self.config, self.stop_event, self.progress = config, stop_event, progress
-        self.callbacks = _Callbacks(callbacks)
+        self.recorder = RunRecorder(config.out_dir, overwrite=config.overwrite,
+                                    callbacks=callbacks)
         self.status, self.error = "running", None
         self.steps_done, self.train_seconds, self.last_loss = 0, 0.0, None
         self.acc: dict = {}
-        self.writer = None
+        self.before: dict = {}
         self.refreshes = 0
 
     def execute(self) -> dict:
-        from lift_core.records import check_out_dir
-
         cfg = self.config
-        if cfg.out_dir:
-            check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)  # fail before loading anything
+        self.start = time.perf_counter()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self._set_up()
-        self.start = time.perf_counter()
+        try:
+            self._set_up()
+        except BaseException as exc:
+            if _is_oom(exc):  # nothing recorded yet: a one-line user error
+                raise LiftError(f"out of memory while setting up {cfg.model} for {cfg.method}: "
+                                "try a smaller model, --lora-rank or --device cpu") from exc
+            raise
         try:
             self._evaluate(0, before=True)
             self._train()
@@ -344,9 +283,9 @@ class _TrainingRun:
             self._finish("stopped", "interrupted by the user (Ctrl-C)")
             raise
         except BaseException as exc:
-            if not _is_oom(exc):
+            if not _is_oom(exc):  # a bug or a LiftError: record it, keep the traceback
                 text = str(exc) if isinstance(exc, LiftError) else f"{type(exc).__name__}: {exc}"
-                self._finish("failed", text.strip().splitlines()[0] if text.strip() else text)
+                self._finish("failed", (text.strip().splitlines() or [text])[0])
                 raise
             self.status = "failed"
             self.error = (f"out of memory on {self.device.type} at step {self.steps_done + 1}: "
@@ -358,12 +297,11 @@ class _TrainingRun:
     def _set_up(self) -> None:
         from lift_core.methods import setup_method
         from lift_core.models import load_model, load_tokenizer
-        from lift_core.records import RunWriter
 
         cfg = self.config
         self.accelerator = _make_accelerator(cfg)
         self.device = self.accelerator.device
-        self.memory = _PeakMemory(self.device)
+        self.memory = PeakMemory(self.device)
         self.data = _load_data(cfg)
         model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code)
         self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -374,6 +312,7 @@ class _TrainingRun:
             filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
             seed=cfg.seed,
         )
+        # prepare_model adds bf16 autocast to forward on CUDA (and generate goes through it).
         self.model = self.accelerator.prepare_model(self.setup.model)
         self.model.train()
         self.optimizer = self.setup.optimizer
@@ -381,9 +320,7 @@ class _TrainingRun:
             self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps))
         self.batches = _Batches(self.data["train"], self.tokenizer, batch_size=cfg.batch_size,
                                 seed=cfg.seed, max_length=cfg.max_length, device=self.device)
-        if cfg.out_dir:
-            self.writer = RunWriter(cfg.out_dir, overwrite=cfg.overwrite)
-            self.writer.write_config(self._config_record())
+        self.recorder.start(self._config_record())
 
     def _config_record(self) -> dict:
         rows = self.setup.layers
@@ -486,22 +423,18 @@ class _TrainingRun:
         return round(time.perf_counter() - self.start, 3)
 
     def _record(self, row: dict) -> None:
-        if self.writer is not None:
-            self.writer.append_metrics(row)
-        self.callbacks.metrics(row)
+        self.recorder.row(row)
 
     # the end -----------------------------------------------------------------------------
 
     def _finish(self, status: str, error: str | None) -> dict:
         self.status, self.error = status, error
         summary = self._summary()
-        if self.writer is not None:
-            self.writer.write_summary(summary)
-        self.callbacks.end(summary)
+        self.recorder.end(summary)
         return summary
 
     def _summary(self) -> dict:
-        cfg, before = self.config, getattr(self, "before", {})
+        cfg, before = self.config, self.before
         target, source = self.acc.get("target_acc"), self.acc.get("source_acc")
         source_before = before.get("source_acc")
         state_bytes = getattr(self.optimizer, "state_bytes", None)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The learning-rate sweep behind methods.DEFAULT_LRS: every method on the same grid, one
+# seed, the built-in model and tasks, the default schedule (400 steps, lora/filter rank 8).
+# Accuracy is measured once at the end on the first 60 examples of each eval set (to keep
+# the sweep cheap). Records go to runs/lr_sweep/ (git-ignored); the table is printed.
+# Usage: bash sample_runs/lr_sweep.sh   (from the repository root; ~20 min on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/lr_sweep}
+for method in full lora lift magnitude random; do
+  for lr in 1e-3 3e-3 1e-2 3e-2; do
+    dir="$OUT/$method-lr$lr"
+    [ -f "$dir/summary.json" ] && continue
+    nice python -m lift_core finetune --method "$method" --lr "$lr" --steps 400 \
+      --lora-rank 8 --filter-rank 8 --update-interval 100 --seed 0 --eval-every 400 \
+      --eval-limit 60 --threads 1 --no-progress --overwrite --out "$dir" > /dev/null
+  done
+done
+python - "$OUT" <<'PY'
+import sys
+from lift_core.records import list_runs, runs_table
+t = runs_table(list_runs(sys.argv[1]))
+t = t.pivot_table(index="lr", columns="method", values="target_acc")
+print(t.round(3).to_markdown() if hasattr(t, "to_markdown") else t.round(3))
+PY
