@@ -76,6 +76,7 @@ class SparseAdamW(torch.optim.Optimizer):
         )
         self.free_dense_grads = bool(free_dense_grads)
         self._grad_buffers: dict[torch.Tensor, torch.Tensor] = {}
+        self._grad_hooks: list = []
         self._refresh_events: list[dict] = []
         super().__init__(params, defaults)
 
@@ -149,11 +150,9 @@ class SparseAdamW(torch.optim.Optimizer):
             p = id_to_param[pid]
             self.state[p].update({k: v.to(p.device, copy=True) for k, v in tensors.items()})
         self._grad_buffers.clear()
-        for group in self.param_groups:
-            if group["mask"] is not None:
-                for p in group["params"]:
-                    if "indices" not in self.state[p]:
-                        raise LiftError("the saved optimizer state has no mask for a masked parameter")
+        masked = [p for g in self.param_groups if g["mask"] is not None for p in g["params"]]
+        if any("indices" not in self.state[p] for p in masked):
+            raise LiftError("the saved optimizer state has no mask for a masked parameter")
 
     # --- public extras ------------------------------------------------------------------
 
@@ -165,6 +164,17 @@ class SparseAdamW(torch.optim.Optimizer):
         flat = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
         flat[self.state[param]["indices"].long()] = True
         return flat.view(param.shape)
+
+    def remove_grad_hooks(self) -> None:
+        """Stop gathering gradients (``free_dense_grads``): backward keeps dense grads again.
+
+        Call it before training the same model with another optimizer; otherwise this one's
+        hooks would still take the masked gradients away while it is alive.
+        """
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks.clear()
+        self.free_dense_grads = False
 
     def state_bytes(self) -> int:
         """Bytes held in optimizer state (indices and moments; not gradient buffers)."""
@@ -231,8 +241,9 @@ class SparseAdamW(torch.optim.Optimizer):
             "exp_avg": torch.zeros(indices.numel(), dtype=torch.float32, device=p.device),
             "exp_avg_sq": torch.zeros(indices.numel(), dtype=torch.float32, device=p.device),
         }
-        if self.free_dense_grads:
-            p.register_post_accumulate_grad_hook(_gather_hook(weakref.ref(self)))
+        if self.free_dense_grads and p.requires_grad:
+            hook = _gather_hook(weakref.ref(self))
+            self._grad_hooks.append(p.register_post_accumulate_grad_hook(hook))
 
     def _absorb_grad(self, p: torch.Tensor) -> None:
         """Add the masked entries of a fresh dense gradient to p's buffer, then free it."""
@@ -406,7 +417,10 @@ def _mask_indices(p: torch.Tensor, group: dict, position: int, refresh: int) -> 
 
 def _check_group(group: dict) -> None:
     """Raise LiftError with a one-line reason when a param group's settings are invalid."""
-    lr, (beta1, beta2) = group["lr"], _pair(group["betas"])
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise LiftError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    lr, (beta1, beta2) = group["lr"], betas
     if not _is_number(lr) or lr <= 0:
         raise LiftError(f"learning rate (lr) must be a number > 0, got {lr!r}")
     for name, beta in (("beta1", beta1), ("beta2", beta2)):
@@ -443,12 +457,6 @@ def _check_masked_group(group: dict) -> None:
             if group["filter_rank"] is None:
                 raise LiftError(f"mask {name!r} needs filter_rank")
             check_filter_rank(tuple(p.shape), group["filter_rank"])
-
-
-def _pair(betas) -> tuple:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise LiftError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    return tuple(betas)
 
 
 def _is_number(x) -> bool:

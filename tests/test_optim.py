@@ -306,6 +306,9 @@ def test_gathered_grads_are_clipped_and_cleared():
         torch.testing.assert_close(opt._grad_buffers[p], m.grad)
     opt.zero_grad()
     assert opt.clip_grad_norm_(0.01).item() == 0.0
+    opt.remove_grad_hooks()
+    _backward_two_micro_batches(params, batches)
+    assert all(p.grad is not None for p in params) and not opt._grad_buffers
 
 
 def test_named_params_label_refresh_events():
