@@ -2,7 +2,10 @@
 
 import streamlit as st
 
+from lift_ui.state import configure_torch
+
 st.set_page_config(page_title="LIFT Studio", page_icon=":material/filter_alt:", layout="wide")
+configure_torch()
 
 # One line per page. Sections appear in the sidebar in this order.
 PAGES = {

@@ -50,7 +50,9 @@ st.caption(
 )
 args = (name, sel.lora_rank, sel.filter_rank, sel.svd)
 found = state.cached_model_analysis(*args)
-if found is None and st.button("Analyze every layer", type="primary"):
+slot = st.empty()
+if found is None and slot.button("Analyze every layer", type="primary"):
+    slot.empty()
     bar = st.progress(0.0, text="starting…")
     try:
         found = state.model_analysis(*args, progress=lambda done, total, layer_name: bar.progress(

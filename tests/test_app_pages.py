@@ -1,0 +1,127 @@
+"""AppTests: every explorer page runs through app.py, reacts to the sidebar, and survives bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 120  # seconds per script run: generous, the machine is shared
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    # app.py sets torch's thread count for the whole process; give other tests theirs back.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _open(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def _pick_layer(at: AppTest, block: int, role: str) -> None:
+    at.selectbox(key="_w_block").set_value(block).run()
+    layer = next(o for o in at.selectbox(key="_w_layer").options if o.startswith(f"{role} ·"))
+    at.selectbox(key="_w_layer").select_index(at.selectbox(key="_w_layer").options.index(layer)).run()
+    assert not at.exception, at.exception
+
+
+def test_home_lists_the_default_models_layers(app):
+    assert app.selectbox(key="_w_model").value == "minilm"
+    assert app.title[0].value == "LIFT Studio"
+    assert len(app.dataframe) == 1
+    assert any("not fine-tuned" in i.value for i in app.sidebar.info)  # MiniLM is an encoder
+
+
+def test_spectrum_page_follows_layer_rank_and_mode(app):
+    at = _open(app, "spectrum")
+    assert _charts(at) == 2 and len(at.metric) == 4
+    _pick_layer(at, 2, "k")
+    at.slider(key="_w_filter_rank").set_value(32).run()
+    at.radio(key="_w_svd").set_value("randomized").run()
+    assert not at.exception
+    assert _charts(at) == 2
+    assert at.metric[3].label == "Energy kept at r = 32"
+    assert "block 2 · k" in at.caption[0].value
+
+
+def test_principal_weights_page_pools_zooms_and_switches_budget(app):
+    at = _open(app, "principal_weights")
+    assert _charts(at) == 6
+    assert any("pooled in 3x3 blocks" in c.value for c in at.caption)
+    _pick_layer(at, 1, "up")  # 1536 x 384: pooled harder
+    assert any("pooling factor 10" in c.value for c in at.caption)
+    at.toggle(key="pw_zoom").set_value(True).run()
+    at.slider(key="pw_row").set_value(700).run()
+    assert any("rows 700–827" in c.value for c in at.caption)
+    at.radio(key="_w_budget_mode").set_value("density %").run()
+    at.slider(key="_w_density_pct").set_value(10.0).run()
+    assert not at.exception
+    assert _charts(at) == 6
+    assert any("(10.00%)" in c.value for c in at.sidebar.caption)
+
+
+def test_overlap_page_sweeps_and_whole_model(app):
+    at = _open(app, "overlap")
+    assert _charts(at) == 3
+    at.slider(key="_w_lora_rank").set_value(16).run()
+    assert _charts(at) == 3
+    at.button[0].click().run()  # "Analyze every layer"
+    assert not at.exception, at.exception
+    assert _charts(at) == 4
+    assert len(at.get("download_button")) == 1
+    table = at.dataframe[0].value
+    assert len(table) == 36 and table["jaccard_lift_vs_magnitude"].between(0, 1).all()
+
+
+def test_choices_survive_a_page_switch(app):
+    at = _open(app, "spectrum")
+    _pick_layer(at, 3, "v")
+    at.slider(key="_w_filter_rank").set_value(20).run()
+    at = _open(at, "principal_weights")
+    assert at.slider(key="_w_filter_rank").value == 20
+    assert at.selectbox(key="_w_block").value == 3
+    assert at.selectbox(key="_w_layer").value.endswith("layer.3.attention.self.value")
+
+
+@pytest.mark.parametrize("bad", ["/no/such/model-dir", "no/such-model"])
+def test_bad_model_input_shows_an_error_in_place(app, bad, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = _open(app, "spectrum")
+    at.selectbox(key="_w_model").set_value("other…").run()
+    at.text_input(key="_w_model_text").input(bad).run()
+    assert not at.exception, at.exception
+    assert len(at.sidebar.error) == 1
+    assert _charts(at) == 0
+    at.selectbox(key="_w_model").set_value("minilm").run()  # still usable afterwards
+    assert not at.exception and _charts(at) == 2
+
+
+def test_builtin_model_loads_or_says_why(app):
+    at = _open(app, "spectrum")
+    at.selectbox(key="_w_model").set_value("builtin").run()
+    assert not at.exception, at.exception
+    if at.sidebar.error:  # the built-in weights may be missing on a fresh checkout
+        assert "builtin" in at.sidebar.error[0].value
+    else:
+        assert _charts(at) == 2
+        assert not any("not fine-tuned" in i.value for i in at.sidebar.info)
