@@ -9,7 +9,10 @@ method lift). User errors are raised as LiftError, which lift_core.cli prints as
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import fields
 
 from lift_core.methods import METHODS
@@ -79,8 +82,11 @@ def config_from_args(args: argparse.Namespace):
 def run_finetune(args: argparse.Namespace) -> int:
     """Run ``finetune`` for parsed arguments; print a summary paragraph.
 
+    SIGTERM (how the app's job manager stops a job) ends the run like the app's stop
+    button: after the current step, status "stopped", record intact.
+
     Returns:
-        0 when the run completed, 1 when it failed (NaN loss, out of memory) or was stopped.
+        0 when the run completed, 1 when it was stopped or failed (NaN loss, out of memory).
 
     Raises:
         LiftError: bad settings or data (lift_core.cli prints it as one line).
@@ -91,12 +97,30 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     hf_logging.disable_progress_bar()  # keep stderr to our one bar
-    summary = finetune(config, progress=not args.no_progress)
+    stop = threading.Event()
+    with _stop_on_sigterm(stop):
+        summary = finetune(config, stop_event=stop, progress=not args.no_progress)
     print(summary_paragraph(summary, config.out_dir))
+    if summary["status"] == "stopped":
+        print(f"stopped: {summary['error']}", file=sys.stderr)
+        return 1
     if summary["status"] != "completed":
         print(f"error: {summary['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextmanager
+def _stop_on_sigterm(stop: threading.Event):
+    """Turn SIGTERM into ``stop.set()`` for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pct(value) -> str:

@@ -63,7 +63,7 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     """Prompts generated at once when evaluating."""
     eval_limit: int | None = None
-    """Use at most this many examples of each eval set (None: all)."""
+    """Use at most this many examples of each eval set, evenly spread (None: all)."""
     train_examples: int = 2000
     """Size of the built-in target training set (ignored with train_data)."""
     max_length: int = 512
@@ -155,9 +155,10 @@ def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Ev
         callbacks: None, one callback or a list. A callback is a callable that receives each
             metrics row (dict) as it is recorded, or an object with ``on_metrics(row)``
             and/or ``on_end(summary)``. Callbacks run in the training thread.
-        stop_event: set it (from any thread) to stop after the current step; the run ends
-            with status "stopped", its record intact and *no* final evaluation (the summary
-            keeps the accuracies of the last evaluation, at step ``eval_step``).
+        stop_event: set it (from any thread) to stop after the current step or evaluation
+            batch; the run ends with status "stopped", its record intact and *no* final
+            evaluation (the summary keeps the accuracies of the last complete evaluation,
+            at step ``eval_step``).
         progress: show a tqdm bar on stderr; None shows it only when no callbacks are given
             (the CLI), so the app, which passes callbacks, gets none.
 
@@ -205,6 +206,10 @@ class _Batches:
         return {k: v[:, : self.max_length].to(self.device) for k, v in batch.items()}
 
 
+class _StopRequested(Exception):
+    """Raised inside the run when stop_event is set; ends it with status "stopped"."""
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     return isinstance(exc, (oom, MemoryError)) or (
@@ -243,9 +248,11 @@ def _load_data(config: FinetuneConfig) -> dict:
         "target": load(config.target_eval, tasks.target_eval_examples),
         "source": load(config.source_eval, tasks.source_eval_examples),
     }
-    if config.eval_limit:
-        for key in ("target", "source"):
-            data[key] = data[key][: config.eval_limit]
+    limit = config.eval_limit
+    for key in ("target", "source"):
+        n = len(data[key])
+        if limit and limit < n:  # evenly spread, so every sub-task of a sorted set stays in
+            data[key] = [data[key][i * n // limit] for i in range(limit)]
     return data
 
 
@@ -279,6 +286,8 @@ class _TrainingRun:
             self._evaluate(0, before=True)
             self._train()
             self.status = "completed" if self.status == "running" else self.status
+        except _StopRequested:
+            self.status, self.error = "stopped", "stopped on request"
         except KeyboardInterrupt:
             self._finish("stopped", "interrupted by the user (Ctrl-C)")
             raise
@@ -351,19 +360,23 @@ class _TrainingRun:
                    desc=f"{cfg.method}", dynamic_ncols=True)
         try:
             for step in range(1, cfg.steps + 1):
-                if self.stop_event is not None and self.stop_event.is_set():
-                    self.status, self.error = "stopped", "stopped on request"
-                    return
+                self._check_stop()
                 row = self._train_step(step)
                 if self.status == "failed":
                     return
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    row.update(self._evaluate(step))
-                self._record(row)
+                try:
+                    if step % cfg.eval_every == 0 or step == cfg.steps:
+                        row.update(self._evaluate(step))
+                finally:  # a stop during the evaluation still records the step
+                    self._record(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
         finally:
             bar.close()
+
+    def _check_stop(self) -> None:
+        if self.stop_event is not None and self.stop_event.is_set():
+            raise _StopRequested()
 
     def _train_step(self, step: int) -> dict:
         began = time.perf_counter()
@@ -405,19 +418,26 @@ class _TrainingRun:
         return sum(w * e["changed_fraction"] for w, e in zip(weights, events)) / sum(weights)
 
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
-        from lift_core.evaluation import accuracy
-
-        cfg = self.config
-        result = {}
-        for name in ("target", "source"):
-            result[f"{name}_acc"] = accuracy(
-                self.model, self.tokenizer, self.data[name],
-                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+        result = {f"{name}_acc": self._accuracy(name) for name in ("target", "source")}
         self.acc = {**result, "eval_step": step}
         if before:
             self.before = dict(result)
             self._record({"step": 0, **result, "elapsed": self._elapsed()})
         return result
+
+    def _accuracy(self, name: str) -> float:
+        """Accuracy on one eval set, batch by batch so a stop request is seen quickly."""
+        from lift_core.evaluation import accuracy, answer_length
+
+        examples, size = self.data[name], self.config.eval_batch_size
+        max_new = self.config.max_new_tokens or answer_length(self.tokenizer, examples)
+        hits = 0.0
+        for start in range(0, len(examples), size):
+            self._check_stop()
+            chunk = examples[start: start + size]
+            hits += len(chunk) * accuracy(self.model, self.tokenizer, chunk,
+                                          max_new_tokens=max_new, batch_size=size)
+        return hits / len(examples)
 
     def _elapsed(self) -> float:
         return round(time.perf_counter() - self.start, 3)

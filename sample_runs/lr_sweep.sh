@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The learning-rate sweep behind methods.DEFAULT_LRS: every method on the same grid, one
 # seed, the built-in model and tasks, the default schedule (400 steps, lora/filter rank 8).
-# Accuracy is measured once at the end on the first 60 examples of each eval set (to keep
-# the sweep cheap). Records go to runs/lr_sweep/ (git-ignored); the table is printed.
+# Accuracy is measured once at the end on 60 evenly spread examples of each eval set (to keep
+# the sweep cheap). Records go to runs/lr_sweep/ (git-ignored); the table printed at the
+# end has target / source accuracy (%) per learning rate and method.
 # Usage: bash sample_runs/lr_sweep.sh   (from the repository root; ~20 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,18 @@ python - "$OUT" <<'PY'
 import sys
 from lift_core.records import list_runs, runs_table
 t = runs_table(list_runs(sys.argv[1]))
-t = t.pivot_table(index="lr", columns="method", values="target_acc")
-print(t.round(3).to_markdown() if hasattr(t, "to_markdown") else t.round(3))
+methods = [m for m in ["full", "lora", "lift", "magnitude", "random"] if m in set(t["method"])]
+print("| lr | " + " | ".join(methods) + " |")
+print("|---|" + "---|" * len(methods))
+for lr in sorted(set(t["lr"])):
+    cells = []
+    for m in methods:
+        row = t[(t["method"] == m) & (t["lr"] == lr)]
+        if row.empty:
+            cells.append("")
+        elif row["status"].iloc[0] != "completed":
+            cells.append(row["status"].iloc[0])
+        else:
+            cells.append(f"{100 * row['target_acc'].iloc[0]:.0f} / {100 * row['source_acc'].iloc[0]:.0f}")
+    print(f"| {lr:g} | " + " | ".join(cells) + " |")
 PY
