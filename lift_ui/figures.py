@@ -116,7 +116,11 @@ def overlap_sweep_figure(
                              line=dict(color=COLORS["marker"], width=1), showlegend=False))
     fig.update_xaxes(type="log", title=x_title)
     fig.update_yaxes(range=[0, 1.02], title="Jaccard |A∩B| / |A∪B|")
-    return _layout(fig, title)
+    fig = _layout(fig, title)
+    # Curves rise to the right, so the upper-left corner is free for the legend.
+    fig.update_layout(legend=dict(orientation="v", x=0.02, y=0.98, xanchor="left", yanchor="top",
+                                  bgcolor="rgba(255,255,255,0.8)"))
+    return fig
 
 
 def pairwise_figure(table: pd.DataFrame) -> go.Figure:
@@ -139,7 +143,7 @@ def model_overlap_figure(table: pd.DataFrame) -> go.Figure:
         table: lift_core.analysis.analyze_model(...).table (needs layer, block, role and
             jaccard_lift_vs_magnitude; jaccard_lift_vs_random is drawn when present).
     """
-    labels = [_short_label(b, r) for b, r in zip(table["block"], table["role"])]
+    labels = _unique([_short_label(b, r) for b, r in zip(table["block"], table["role"])])
     fig = go.Figure()
     for role in dict.fromkeys(table["role"]):
         rows = (table["role"] == role).to_numpy()
@@ -160,6 +164,16 @@ def model_overlap_figure(table: pd.DataFrame) -> go.Figure:
 
 
 def _short_label(block, role) -> str:
-    if block is None or (isinstance(block, float) and np.isnan(block)):
+    if block is None or pd.isna(block):  # None, NaN or pandas' NA outside the blocks
         return f"– {role}"
     return f"{int(block)} {role}"
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Labels made unique (a categorical axis would merge repeats) by numbering repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out

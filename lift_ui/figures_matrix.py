@@ -89,6 +89,6 @@ def row_col_figure(
     fig.update_xaxes(title_text="column index", row=1, col=2)
     fig.update_yaxes(title_text="selected entries", row=1, col=1, rangemode="tozero")
     fig.update_yaxes(rangemode="tozero", row=1, col=2)
-    fig = _layout(fig, "Where the selected entries sit", height=380)
-    fig.update_layout(margin=dict(t=80))
+    fig = _layout(fig, "Where the selected entries sit", height=400)
+    fig.update_layout(margin=dict(t=90), legend=dict(x=0.5, xanchor="center", y=1.16, yanchor="bottom"))
     return fig

@@ -14,7 +14,8 @@ if sel is None:
 
 st.caption(f"{sel.layer.label} · `{sel.layer.name}` · {sel.budget_text} · filter rank r = {sel.filter_rank}")
 st.markdown(
-    "Jaccard = |A∩B| / |A∪B|: 1 for identical masks, about k/(m·n) for two unrelated ones. "
+    "Jaccard = |A∩B| / |A∪B|: 1 for identical masks; two unrelated masks of density "
+    "d = k/(m·n) share only by chance, Jaccard ≈ d/(2−d). "
     "The paper reports LIFT-vs-magnitude overlap of ~20% (up to 40%) for Q/K and ~5% (up to "
     "20%) for up/down projections, growing with the filter rank; on MiniLM at rank 8 it is "
     "0.05–0.20 per layer."

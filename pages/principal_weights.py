@@ -44,9 +44,9 @@ st.caption(
 left, right = st.columns([3, 2])
 left.plotly_chart(difference_heatmap(view.codes(codes), "Where LIFT and magnitude differ", **view.placement))
 both = int((codes == 3).sum())
-right.metric("Selected by both", f"{both:,} of {sel.k:,}", f"{both / sel.k:.1%} of the budget", delta_color="off")
-right.metric("Only LIFT", f"{int((codes == 1).sum()):,}")
-right.metric("Only magnitude", f"{int((codes == 2).sum()):,}")
+right.metric("Selected by both", f"{both:,} of {sel.k:,}", help="Entries in both masks (each mask has k entries).")
+right.metric("Jaccard LIFT vs magnitude", f"{both / (2 * sel.k - both):.3f}", help="|A∩B| / |A∪B|")
+right.metric("Only LIFT / only magnitude", f"{int((codes == 1).sum()):,} / {int((codes == 2).sum()):,}")
 if pooled:
     right.caption(
         f"Pooled ({view.factor}x{view.factor}): a block is 'LIFT' if any entry in it is "
