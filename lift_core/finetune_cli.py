@@ -143,6 +143,9 @@ def summary_paragraph(summary: dict, out_dir: str | None = None) -> str:
         f"{s['trainable_params']:,} trainable numbers, optimizer state {state:.2f} MiB, "
         f"peak memory {(s.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB."
     )
+    if s.get("budget_clipped_layers"):
+        text += (f" Note: in {s['budget_clipped_layers']} layer(s) (m+n)*lora_rank exceeded m*n, "
+                 "so the budget was clipped to the whole matrix.")
     if out_dir:
         text += f" Run record in {out_dir}."
     return text

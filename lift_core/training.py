@@ -449,6 +449,11 @@ class _TrainingRun:
 
     def _finish(self, status: str, error: str | None) -> dict:
         self.status, self.error = status, error
+        # The sparse optimizer's gradient hooks live on the parameters; drop them so the
+        # model (which the caller may keep) back-propagates normally afterwards.
+        remove_hooks = getattr(self.optimizer, "remove_grad_hooks", None)
+        if remove_hooks is not None:
+            remove_hooks()
         summary = self._summary()
         self.recorder.end(summary)
         return summary
@@ -467,6 +472,7 @@ class _TrainingRun:
             "forgetting": (source_before - source) if None not in (source, source_before) else None,
             "eval_step": self.acc.get("eval_step"), "final_loss": self.last_loss,
             "trainable_params": self.setup.trainable_params,
+            "budget_clipped_layers": len(self.setup.clipped_layers),
             "optimizer_state_bytes": int(state_bytes()) if state_bytes else None,
             "peak_memory_bytes": self.memory.result(), "peak_memory_measure": self.memory.how,
             "mask_refreshes": self.refreshes, "device": str(self.device),

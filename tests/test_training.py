@@ -183,3 +183,18 @@ def test_existing_run_directory_is_never_overwritten_by_default(char_llama, tmp_
 def test_linear_schedule_warms_up_then_decays_to_zero():
     factor = linear_schedule(warmup_steps=2, total_steps=10)
     assert [round(factor(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_a_stop_before_the_first_evaluation_ends_at_once(char_llama, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    summary = finetune(_config(char_llama, tmp_path / "run"), stop_event=stop)
+    assert summary["status"] == "stopped" and summary["steps_done"] == 0
+    assert summary["target_acc"] is None and read_run(tmp_path / "run").summary == summary
+
+
+def test_clipped_budget_is_noted(char_llama, tmp_path):
+    summary = finetune(_config(char_llama, tmp_path / "run", steps=1, lora_rank=20,
+                               method="random"))
+    config = read_run(tmp_path / "run").config
+    assert summary["budget_clipped_layers"] == len(config["budget"]["clipped_layers"]) > 0
