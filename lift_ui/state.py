@@ -81,6 +81,20 @@ def configure_torch() -> None:
         torch.set_num_threads(threads)
 
 
+def require_app_navigation() -> None:
+    """Make sure this run came through app.py's st.navigation, not the pages/ fallback.
+
+    Streamlit still knows the old "pages/ directory" mode: on a fresh server, a first visit
+    straight to /spectrum runs pages/spectrum.py on its own (no app.py, default page list)
+    until some run calls st.navigation. Leave that mode and rerun, so app.py draws the page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # --- persisted widgets -----------------------------------------------------------------
 
 
@@ -113,6 +127,7 @@ def _clamped(low, high) -> Callable[[object], object]:
 
 def explorer_sidebar() -> Selection | None:
     """Draw the shared explorer sidebar; return the selection, or None if no model loaded."""
+    require_app_navigation()
     bar = st.sidebar
     bar.header("Explore a model")
     name = _model_picker(bar)

@@ -17,9 +17,11 @@ from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 pytestmark = pytest.mark.browser
 
 # (url path, screenshot name, plotly charts expected once the page has rendered)
+# A sub-page comes first on purpose: a fresh server's first visit must still go through
+# app.py's navigation (see lift_ui.state.require_app_navigation).
 PAGES = [
-    ("", "home", 0),
     ("spectrum", "spectrum", 2),
+    ("", "home", 0),
     ("principal_weights", "principal_weights", 6),
     ("overlap", "overlap", 3),
 ]
@@ -68,6 +70,11 @@ def _wait_rendered(page, charts: int, selector: str = '[data-testid="stSidebar"]
     page.wait_for_timeout(1000)  # let plotly finish laying out before the screenshot
 
 
+def _assert_app_navigation(page, name: str) -> None:
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Overview" in nav and "Principal weights" in nav, f"{name}: not app.py's navigation: {nav!r}"
+
+
 def _assert_no_errors(page, name: str) -> None:
     exceptions = page.locator('[data-testid="stException"]')
     assert exceptions.count() == 0, f"{name}: {exceptions.first.inner_text()[:800]}"
@@ -79,8 +86,8 @@ def _screenshot(page, path: Path) -> None:
     # Streamlit scrolls inside its main container, so a "full page" shot would stop at the
     # viewport: grow the viewport to the content's height first.
     height = page.evaluate(
-        "document.querySelector('[data-testid=\"stMain\"]')?.scrollHeight || 1000")
-    page.set_viewport_size({"width": 1500, "height": min(int(height) + 40, 6000)})
+        "document.querySelector('[data-testid=\"stMainBlockContainer\"]')?.scrollHeight || 1000")
+    page.set_viewport_size({"width": 1500, "height": min(max(int(height) + 80, 1000), 6000)})
     page.wait_for_timeout(800)
     page.screenshot(path=str(path))
 
@@ -92,6 +99,7 @@ def test_page_renders(browser, server, shots, path, name, charts):
         page.goto(f"{server}/{path}", timeout=RENDER_TIMEOUT_MS)
         _wait_rendered(page, charts, LAST_ELEMENT[name])
         _assert_no_errors(page, name)
+        _assert_app_navigation(page, name)
         if name == "overlap":  # the whole-model view: click, wait for the bar chart
             page.get_by_role("button", name="Analyze every layer").click()
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4",
