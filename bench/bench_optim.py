@@ -1,9 +1,11 @@
 """Benchmark SparseAdamW: step time and state size against torch AdamW and a naive masked Adam.
 
 All optimizers step the same parameters (one Llama-style block, hidden 1024, MLP 2816:
-7 matrices, 12.8M numbers) with the same gradients; timings are medians over interleaved
-rounds, so the ratios come from one run under the same machine load. A second part
-measures peak process memory of backward + step with and without ``free_dense_grads``.
+7 matrices, 12.8M numbers) with the same gradients. Rounds are interleaved across the
+optimizers, so ratios come from one run under one machine load. On CPU each step is timed
+twice: single-thread CPU time (other processes on a shared machine cannot inflate it) and
+wall clock on all threads. A second part measures peak memory of backward + step with and
+without ``free_dense_grads``.
 
 Run: ``python -m bench.bench_optim`` (or ``python bench/bench_optim.py``); prints a
 markdown table and writes bench/results/optim.json.
@@ -35,7 +37,7 @@ HIDDEN, MLP, BLOCKS = 1024, 2816, 1
 # q, k, v, o (out, in); gate, up; down
 BLOCK_SHAPES = [(HIDDEN, HIDDEN)] * 4 + [(MLP, HIDDEN)] * 2 + [(HIDDEN, MLP)]
 LORA_RANKS = (128, 32)
-ROUNDS = 21
+ROUNDS = 15
 ADAMW, NAIVE = "torch AdamW (foreach, dense)", "naive boolean-mask Adam"
 DENSE = (ADAMW, "SparseAdamW dense group")
 BETAS, EPS, LR = (0.9, 0.95), 1e-6, 2e-4
@@ -88,20 +90,33 @@ def _sparse(params, lora_rank: int, free_dense_grads: bool = False) -> SparseAda
     return opt
 
 
-def _time_steps(optimizers: dict, device) -> dict[str, list[float]]:
-    """Seconds per step of each optimizer, one sample per round, rounds interleaved."""
+def _time_steps(optimizers: dict, device, *, cpu_time: bool) -> dict[str, list[float]]:
+    """Seconds per step of each optimizer, one sample per round, rounds interleaved.
+
+    ``cpu_time``: run torch on one thread and read that thread's CPU clock, which other
+    processes on a shared machine cannot inflate (they can only take wall-clock time).
+    """
+    clock = time.thread_time if cpu_time else time.perf_counter
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if cpu_time else threads)
     samples = {name: [] for name in optimizers}
-    for round_index in range(ROUNDS + 1):
-        for name, opt in optimizers.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            began = time.perf_counter()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if round_index:  # the first round warms up allocations
-                samples[name].append(time.perf_counter() - began)
+    try:
+        for round_index in range(ROUNDS + 1):
+            for name, opt in optimizers.items():
+                _sync(device)
+                began = clock()
+                opt.step()
+                _sync(device)
+                if round_index:  # the first round warms up allocations
+                    samples[name].append(clock() - began)
+    finally:
+        torch.set_num_threads(threads)
     return samples
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def bench_steps(device) -> list[dict]:
@@ -121,14 +136,17 @@ def bench_steps(device) -> list[dict]:
             "SparseAdamW masked, free_dense_grads": _sparse(params, lora_rank, True),
             NAIVE: NaiveMaskedAdam(params, [lift.mask_of(p) for p in params]),
         }
-        samples = _time_steps(optimizers, device)
+        # On CUDA the CPU clock would miss the kernels: wall clock only there.
+        cpu = _time_steps(optimizers, device, cpu_time=True) if device.type == "cpu" else None
+        wall = _time_steps(optimizers, device, cpu_time=False)
         for name, opt in optimizers.items():
             dense = name in DENSE
             state = opt.state_bytes() if hasattr(opt, "state_bytes") else _torch_state(opt)
             rows.append({
                 "lora_rank": lora_rank, "optimizer": name,
-                **_ratios(samples, name, statistics.median, "median"),
-                **_ratios(samples, name, min, "min"),
+                **(_ratios(cpu, name, statistics.median, "cpu_1_thread_median") if cpu else {}),
+                **_ratios(wall, name, statistics.median, "wall_median"),
+                **_ratios(wall, name, min, "wall_min"),
                 "trained_entries": numel if dense else k, "state_bytes": state,
                 "state_bytes_per_trained_entry": state / (numel if dense else k),
             })
@@ -228,15 +246,20 @@ def bench_memory() -> dict:
 
 
 def _markdown(rows: list[dict], memory: dict, refresh: dict) -> str:
-    lines = ["| LoRA rank | optimizer | ms/step median (min) | x AdamW median (min) | "
-             "naive / this median (min) | state B per trained entry |",
-             "|---|---|---|---|---|---|"]
+    cpu = "ms_per_step_cpu_1_thread_median" in rows[0]
+    lines = ["| LoRA rank | optimizer | " + ("CPU ms/step, 1 thread | x AdamW | naive / this | "
+             if cpu else "") + "wall ms/step median (min) | x AdamW median (min) | "
+             "state B per trained entry |", "|---" * (8 if cpu else 5) + "|"]
     for r in rows:
-        lines.append(
-            f"| {r['lora_rank']} | {r['optimizer']} | {r['ms_per_step_median']:.1f} "
-            f"({r['ms_per_step_min']:.1f}) | {r['vs_adamw_median']:.2f} ({r['vs_adamw_min']:.2f}) "
-            f"| {r['naive_vs_this_median']:.2f} ({r['naive_vs_this_min']:.2f}) | "
-            f"{r['state_bytes_per_trained_entry']:.1f} |")
+        cells = [str(r["lora_rank"]), r["optimizer"]]
+        if cpu:
+            cells += [f"{r['ms_per_step_cpu_1_thread_median']:.1f}",
+                      f"{r['vs_adamw_cpu_1_thread_median']:.2f}",
+                      f"{r['naive_vs_this_cpu_1_thread_median']:.2f}"]
+        cells += [f"{r['ms_per_step_wall_median']:.1f} ({r['ms_per_step_wall_min']:.1f})",
+                  f"{r['vs_adamw_wall_median']:.2f} ({r['vs_adamw_wall_min']:.2f})",
+                  f"{r['state_bytes_per_trained_entry']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| gradients | peak memory - start (MB) | peak gradient tensors, counted (MB) |",
               "|---|---|---|"]
     for mode, m in memory.items():
@@ -245,6 +268,14 @@ def _markdown(rows: list[dict], memory: dict, refresh: dict) -> str:
     lines += ["", "LIFT mask refresh (exact SVD, filter rank 64), seconds per matrix: "
               + ", ".join(f"{shape}: {s:.2f}" for shape, s in refresh.items())]
     return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else ():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    return f"{platform.machine()}, {os.cpu_count()} CPUs"
 
 
 def main() -> None:
@@ -259,8 +290,7 @@ def main() -> None:
     began = time.perf_counter()
     rows, refresh, memory = bench_steps(device), bench_refresh(device), bench_memory()
     report = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],
         "matrices": [list(s) for s in BLOCK_SHAPES * BLOCKS], "rounds": ROUNDS,
