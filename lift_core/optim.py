@@ -87,6 +87,7 @@ class SparseAdamW(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         offset = sum(len(g["params"]) for g in self.param_groups[:-1])
+        hooks_before = len(self._grad_hooks)
         try:
             _check_group(group)
             if group["mask"] is not None:
@@ -95,6 +96,9 @@ class SparseAdamW(torch.optim.Optimizer):
         except LiftError:
             for p in group["params"]:
                 self.state.pop(p, None)
+            for handle in self._grad_hooks[hooks_before:]:
+                handle.remove()
+            del self._grad_hooks[hooks_before:]
             self.param_groups.pop()
             raise
 
@@ -112,7 +116,9 @@ class SparseAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             key = _hyperparameters(group)
             for p in group["params"]:
-                batch = pending.setdefault(key, _Batch(group))
+                batch = pending.get(key)
+                if batch is None:
+                    batch = pending[key] = _Batch(group)
                 if self._add_to_batch(p, group, batch):
                     updated.add(id(p))
                 if batch.entries >= _CHUNK_ENTRIES:

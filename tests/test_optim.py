@@ -357,6 +357,16 @@ def test_bad_settings_raise_lift_error(settings, message):
     assert "\n" not in str(caught.value)
 
 
+def test_rejected_group_leaves_the_optimizer_unchanged():
+    good, bad = torch.nn.Parameter(torch.randn(8, 10)), torch.nn.Parameter(torch.randn(8, 10))
+    opt = SparseAdamW([good], mask="magnitude", lora_rank=1, free_dense_grads=True)
+    with pytest.raises(LiftError, match="filter rank 99 is out of range"):
+        opt.add_param_group({"params": [bad], "mask": "lift", "filter_rank": 99})
+    assert len(opt.param_groups) == 1 and bad not in opt.state
+    (bad.sum() + good.sum()).backward()
+    assert bad.grad is not None and good.grad is None  # only the accepted param is hooked
+
+
 def test_cpu_bfloat16_masked_param_keeps_fp32_moments():
     p = torch.nn.Parameter(torch.randn(12, 16, dtype=torch.bfloat16))
     start = p.detach().clone()
