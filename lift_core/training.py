@@ -34,13 +34,13 @@ class FinetuneConfig:
     """Embedded alias, local Hugging Face directory or hub id of a causal LM."""
     method: str = "lift"
     """One of lift, full, lora, magnitude, random, lift_smallest."""
-    steps: int = 400
+    steps: int = 300
     """Optimizer steps."""
     lr: float | None = None
     """Peak learning rate; None uses the method's default (methods.DEFAULT_LRS)."""
-    lora_rank: int = 8
+    lora_rank: int = 4
     """LoRA rank, and the budget of the sparse methods: k = min((m+n)*lora_rank, m*n)."""
-    filter_rank: int = 8
+    filter_rank: int = 4
     """Rank r of the approximation W_r that scores entries (lift, lift_smallest)."""
     update_interval: int = 100
     """Optimizer steps between mask refreshes of the sparse methods."""

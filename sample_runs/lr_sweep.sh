@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The learning-rate sweep behind methods.DEFAULT_LRS: every method on the same grid, one
-# seed, the built-in model and tasks, the default schedule (400 steps, lora/filter rank 8).
+# The learning-rate sweep behind methods.DEFAULT_LRS: every method on the same grid, on
+# the built-in model and tasks with the default schedule (300 steps, lora/filter rank 4),
+# one seed (100) kept apart from the seeds of the sample runs (0, 1, 2).
 # Accuracy is measured once at the end on 60 evenly spread examples of each eval set (to keep
 # the sweep cheap). Records go to runs/lr_sweep/ (git-ignored); the table printed at the
 # end has target / source accuracy (%) per learning rate and method.
@@ -9,12 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/lr_sweep}
 for method in full lora lift magnitude random; do
-  for lr in 1e-3 3e-3 1e-2 3e-2; do
+  for lr in 3e-4 1e-3 3e-3 1e-2; do
     dir="$OUT/$method-lr$lr"
     [ -f "$dir/summary.json" ] && continue
-    nice python -m lift_core finetune --method "$method" --lr "$lr" --steps 400 \
-      --lora-rank 8 --filter-rank 8 --update-interval 100 --seed 0 --eval-every 400 \
-      --eval-limit 60 --threads 1 --no-progress --overwrite --out "$dir" > /dev/null
+    nice python -m lift_core finetune --method "$method" --lr "$lr" --steps 300 \
+      --lora-rank 4 --filter-rank 4 --update-interval 100 --seed 100 --eval-every 300 \
+      --eval-limit 60 --threads 1 --no-progress --overwrite --out "$dir" > /dev/null \
+      || echo "$dir did not complete (see its summary.json)"
   done
 done
 python - "$OUT" <<'PY'
