@@ -87,10 +87,13 @@ def require_app_navigation() -> None:
     Streamlit still knows the old "pages/ directory" mode: on a fresh server, a first visit
     straight to /spectrum runs pages/spectrum.py on its own (no app.py, default page list)
     until some run calls st.navigation. Leave that mode and rerun, so app.py draws the page.
+    Once per session: AppTest re-enters that mode on every run, and rerunning each time
+    would swallow button clicks (the page still works when run on its own).
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
+    if PagesManager.uses_pages_directory and not st.session_state.get("_lift_left_pages_dir"):
+        st.session_state["_lift_left_pages_dir"] = True
         PagesManager.uses_pages_directory = False
         st.rerun()
 

@@ -52,7 +52,7 @@ st.caption(
 args = (name, sel.lora_rank, sel.filter_rank, sel.svd)
 found = state.cached_model_analysis(*args)
 slot = st.empty()
-if found is None and slot.button("Analyze every layer", type="primary"):
+if found is None and slot.button("Analyze every layer", type="primary", key="analyze_all"):
     slot.empty()
     bar = st.progress(0.0, text="starting…")
     try:
