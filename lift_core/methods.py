@@ -138,7 +138,8 @@ def setup_method(
     names = [row["layer"] for row in rows]
     model.requires_grad_(False)
     if method == "lora":
-        model, params = _wrap_lora(model, names, lora_rank)
+        transposed = any(layer.transposed for layer in list_linear_layers(model, blocks_only=True))
+        model, params = _wrap_lora(model, names, lora_rank, fan_in_fan_out=transposed)
         groups = [{"params": params}]
         trainable = sum(p.numel() for p in params)
     else:
@@ -163,13 +164,16 @@ def setup_method(
     return MethodSetup(model, optimizer, trainable, rows)
 
 
-def _wrap_lora(model: nn.Module, names: list[str], lora_rank: int):
-    """peft LoRA on exactly the block linears (full names, so nothing outside matches)."""
+def _wrap_lora(model: nn.Module, names: list[str], lora_rank: int, *, fan_in_fan_out: bool):
+    """peft LoRA on exactly the block linears (full names, so nothing outside matches).
+
+    ``fan_in_fan_out`` is True for GPT-2 style Conv1D layers, which store weights (in, out).
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=lora_rank, lora_alpha=2 * lora_rank, target_modules=names, lora_dropout=0.0,
-        bias="none",
+        bias="none", fan_in_fan_out=fan_in_fan_out,
     )
     wrapped = get_peft_model(model, config)
     params = [p for n, p in wrapped.named_parameters() if p.requires_grad]

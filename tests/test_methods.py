@@ -126,3 +126,25 @@ def test_mask_refresh_reports_churn():
     _, _, setup = _train_a_few_steps("lift", update_interval=1)
     events = setup.optimizer.pop_refresh_events()
     assert events and all(0 <= e["changed_fraction"] <= 1 for e in events)
+
+
+@pytest.mark.parametrize("method", ["lift", "lora"])
+def test_gpt2_conv1d_layers_train_too(method):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=4,
+                                       n_positions=32))
+    linears = {f"{n}.weight" for n in block_linear_names(model)}
+    # Keep the parameter objects: peft renames them (".base_layer") when it wraps the model.
+    before = [(n, p, p.detach().clone()) for n, p in model.named_parameters()]
+    setup = setup_method(model, method, lr=1e-2, lora_rank=2, filter_rank=2, update_interval=100)
+    ids = torch.randint(0, 40, (2, 8))
+    setup.model(input_ids=ids, labels=ids).loss.backward()
+    setup.optimizer.step()
+    moved = {n for n, p, old in before if not torch.equal(p.detach(), old)}
+    if method == "lift":
+        assert moved == linears
+    else:
+        assert not moved  # LoRA B starts at zero and the base stays frozen
+        assert setup.model.peft_config["default"].fan_in_fan_out
