@@ -125,3 +125,20 @@ def test_builtin_model_loads_or_says_why(app):
     else:
         assert _charts(at) == 2
         assert not any("not fine-tuned" in i.value for i in at.sidebar.info)
+
+
+def test_a_model_too_large_for_memory_is_refused_from_its_config(monkeypatch):
+    import lift_core.models
+
+    from lift_ui import state
+
+    monkeypatch.setattr(lift_core.models, "available_memory_bytes", lambda: 1 << 20)
+    state.model_facts.clear()  # the size check runs with the config, which is cached
+    try:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.switch_page("pages/spectrum.py").run()
+        assert not at.exception, at.exception
+        assert "memory is available" in at.sidebar.error[0].value
+        assert _charts(at) == 0
+    finally:
+        state.model_facts.clear()
