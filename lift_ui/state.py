@@ -136,9 +136,10 @@ def explorer_sidebar() -> Selection | None:
     name = _model_picker(bar)
     if name is None:
         return None
+    note = " (rebuilt first if its shipped weights are unusable: a few minutes)" if name == "builtin" else ""
     try:
-        facts = model_facts(name)
-        with st.spinner(f"Loading {name}…"):
+        with st.spinner(f"Loading {name}{note}…"):
+            facts = model_facts(name)
             load_cached_model(name)
     except LiftError as exc:
         bar.error(str(exc))
