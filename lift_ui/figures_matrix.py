@@ -50,7 +50,7 @@ def mask_heatmap(
     hover = "row %{y}, col %{x}: %{z:.2f}<extra></extra>"
     fig = go.Figure(_placed_heatmap(z, factor, row0, col0, colorscale=[[0, "#ffffff"], [1, color]],
                                     zmin=0, zmax=1 if factor == 1 else max(float(z.max(initial=0)), 1e-9),
-                                    colorbar=dict(title=label), hovertemplate=hover))
+                                    showscale=factor > 1, colorbar=dict(title=label), hovertemplate=hover))
     return _layout(_matrix_axes(fig, factor), title, height=420)
 
 

@@ -46,7 +46,8 @@ left.plotly_chart(difference_heatmap(view.codes(codes), "Where LIFT and magnitud
 both = int((codes == 3).sum())
 right.metric("Selected by both", f"{both:,} of {sel.k:,}", help="Entries in both masks (each mask has k entries).")
 right.metric("Jaccard LIFT vs magnitude", f"{both / (2 * sel.k - both):.3f}", help="|A∩B| / |A∪B|")
-right.metric("Only LIFT / only magnitude", f"{int((codes == 1).sum()):,} / {int((codes == 2).sum()):,}")
+right.metric("Only LIFT (and as many only magnitude)", f"{int((codes == 1).sum()):,}",
+             help="Both masks hold exactly k entries, so the two 'only' counts are equal.")
 if pooled:
     right.caption(
         f"Pooled ({view.factor}x{view.factor}): a block is 'LIFT' if any entry in it is "

@@ -32,7 +32,8 @@ left.caption(
 right.plotly_chart(energy_figure(spec["energy"], sel.filter_rank))
 right.caption(
     "The fraction of ||W||_F² that the best rank-r approximation W_r keeps. LIFT scores entries "
-    "by |W_r|, so r decides how much of the matrix's structure the score sees."
+    "by |W_r|, so r decides how much of the matrix's structure the score sees. (The spectrum "
+    "is always computed exactly, whatever the SVD mode.)"
 )
 with st.expander("What does this say about principal weights?", expanded=True):
     st.markdown(
