@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m lift_core analyze|layers|finetune``.
+"""Command-line interface: ``python -m lift_core analyze|layers|finetune|compare``.
 
 Mirrors the app: the same core functions, the same defaults (the embedded MiniLM for
 exploring, the built-in tiny Llama for training). User errors print one line and exit 2.
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_finetune_parser(sub)
+        from lift_core.compare_cli import add_compare_parser
+
+        add_compare_parser(sub)
     return parser
 
 
