@@ -47,8 +47,8 @@ class BuiltinRecipe:
     num_heads: int = 4  # attention heads (no grouped-query attention)
     intermediate_size: int = 352  # MLP width, ~2.75x hidden
     max_positions: int = 256  # longest sequence (prompt + answer) the model supports
-    steps: int = 1500  # optimizer steps of pretraining
-    batch_size: int = 64  # examples per step
+    steps: int = 1000  # optimizer steps of pretraining
+    batch_size: int = 48  # examples per step
     lr: float = 3e-3  # AdamW peak learning rate (linear warmup, cosine decay)
     warmup_steps: int = 100  # linear warmup steps
     weight_decay: float = 0.01  # AdamW weight decay

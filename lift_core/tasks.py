@@ -1,11 +1,12 @@
 """Prompt/answer examples: the built-in source and target tasks, and the user's own data.
 
 The built-in model is pretrained on a *source domain* (reversing and sorting short letter
-strings, and one-step arithmetic facts such as ``12+3=15``) and never sees the *target*
-task: multi-step arithmetic written out step by step and closed by ``#### <answer>``. The
-target builds on the arithmetic facts, so every fine-tuning method can learn it quickly,
-while the string tasks are what full fine-tuning tends to forget. User data is Alpaca-style
-JSON/JSONL (the format of the paper's MATH-10K), turned into prompts by one template.
+strings; one-step arithmetic such as ``12+3=15. #### 15``, one or two independent facts
+per question) and never sees the *target* task: arithmetic of 3-4 numbers worked out step
+by step (``7+5=12, 12-3=9. #### 9``), each step starting from the previous result. The
+target builds on the memorized facts, so every fine-tuning method learns it quickly,
+while the string tasks are what fine-tuning forgets. User data is Alpaca-style JSON/JSONL
+(the format of the paper's MATH-10K), turned into prompts by one template.
 """
 
 from __future__ import annotations
@@ -35,12 +36,10 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 FACT_LEFT_MAX = 29
 FACT_RIGHT_MAX = 9
 WORD_MIN_LEN, WORD_MAX_LEN = 3, 5
-SOURCE_EVAL_SIZE = 150  # 50 reverse, 50 sort, 50 arithmetic facts
+SOURCE_EVAL_SIZE = 150  # 50 reverse, 50 sort, 50 pairs of arithmetic facts
 TARGET_EVAL_SIZE = 150
 _SOURCE_EVAL_SEED = 1_000_003
 _TARGET_EVAL_SEED = 2_000_003
-# Fixed share of arithmetic facts kept out of source training so its eval is held out.
-_HELD_OUT_FACTS = 50
 
 
 # --- the source domain -------------------------------------------------------------------
@@ -51,20 +50,30 @@ def _word(rng: random.Random) -> str:
     return "".join(rng.choice(LETTERS) for _ in range(length))
 
 
+def _question(text: str) -> str:
+    return f"Q: {text}\nA: "
+
+
 def reverse_example(word: str) -> Example:
-    """``rev abc = `` -> ``cba``."""
-    return Example(f"rev {word} = ", word[::-1])
+    """``Q: rev abc\\nA: `` -> ``cba``."""
+    return Example(_question(f"rev {word}"), word[::-1])
 
 
 def sort_example(word: str) -> Example:
-    """``sort cab = `` -> ``abc``."""
-    return Example(f"sort {word} = ", "".join(sorted(word)))
+    """``Q: sort cab\\nA: `` -> ``abc``."""
+    return Example(_question(f"sort {word}"), "".join(sorted(word)))
 
 
-def fact_example(left: int, op: str, right: int) -> Example:
-    """``12+3=`` -> ``15`` (one arithmetic fact, the form used inside worked steps)."""
-    value = left + right if op == "+" else left - right
-    return Example(f"{left}{op}{right}=", str(value))
+def facts_example(*facts: tuple[int, str, int]) -> Example:
+    """Independent one-step facts in the target's notation, the last one as the answer.
+
+    ``Q: 12+3\\nA: `` -> ``12+3=15. #### 15``; ``Q: 12+3, 4-2\\nA: `` ->
+    ``12+3=15, 4-2=2. #### 2``. Unlike the target, no step uses an earlier result.
+    """
+    steps = [f"{a}{op}{b}={a + b if op == '+' else a - b}" for a, op, b in facts]
+    question = ", ".join(f"{a}{op}{b}" for a, op, b in facts)
+    last = steps[-1].split("=")[1]
+    return Example(_question(question), f"{', '.join(steps)}. {ANSWER_MARKER} {last}")
 
 
 def _all_facts() -> list[tuple[int, str, int]]:
@@ -77,12 +86,7 @@ def _all_facts() -> list[tuple[int, str, int]]:
     return facts
 
 
-@lru_cache(maxsize=1)
-def _fact_split() -> tuple[tuple, tuple]:
-    """(training facts, held-out facts): a fixed shuffle, the same on every machine."""
-    facts = _all_facts()
-    random.Random(_SOURCE_EVAL_SEED).shuffle(facts)
-    return tuple(facts[_HELD_OUT_FACTS:]), tuple(facts[:_HELD_OUT_FACTS])
+FACTS = tuple(_all_facts())
 
 
 def _source_example(rng: random.Random, kind: int) -> Example:
@@ -90,7 +94,9 @@ def _source_example(rng: random.Random, kind: int) -> Example:
         return reverse_example(_word(rng))
     if kind == 1:
         return sort_example(_word(rng))
-    return fact_example(*rng.choice(_fact_split()[0]))
+    # Pairs of facts teach the model to do arithmetic anywhere in a line, not only first.
+    count = rng.choice((1, 2))
+    return facts_example(*(rng.choice(FACTS) for _ in range(count)))
 
 
 @lru_cache(maxsize=1)
@@ -104,12 +110,16 @@ def _source_eval() -> tuple[Example, ...]:
             words.append(w)
     examples = [reverse_example(w) for w in words[:third]]
     examples += [sort_example(w) for w in words[third:]]
-    examples += [fact_example(*f) for f in _fact_split()[1]]
-    return tuple(examples)
+    # The facts themselves are memorized; held out are new pairings of them.
+    pairs: dict[str, Example] = {}
+    while len(pairs) < third:
+        ex = facts_example(rng.choice(FACTS), rng.choice(FACTS))
+        pairs.setdefault(ex.prompt, ex)
+    return tuple(examples + list(pairs.values()))
 
 
 def source_eval_examples() -> list[Example]:
-    """The fixed held-out source set: 50 reverse, 50 sort, 50 held-out arithmetic facts."""
+    """The fixed held-out source set: 50 reverse, 50 sort, 50 unseen pairs of facts."""
     return list(_source_eval())
 
 
@@ -157,7 +167,7 @@ def target_example(start: int, steps: list[tuple[str, int]]) -> Example:
         new = value + x if op == "+" else value - x
         worked.append(f"{value}{op}{x}={new}")
         value = new
-    return Example(f"Q: {question}\nA: ", f"{', '.join(worked)}. {ANSWER_MARKER} {value}")
+    return Example(_question(question), f"{', '.join(worked)}. {ANSWER_MARKER} {value}")
 
 
 @lru_cache(maxsize=1)

@@ -60,7 +60,7 @@ def test_encode_batch_puts_the_loss_on_answer_and_eos_only():
     labels = batch["labels"]
     assert labels[0].tolist()[5:7] == [tok.convert_tokens_to_ids("2"), tok.eos_token_id]
     assert (labels[0, :5] == -100).all() and (labels[0, 7:] == -100).all()
-    assert batch["attention_mask"].sum().item() == 7 + 12
+    assert batch["attention_mask"].sum().item() == 7 + 13  # <bos> prompt answer <eos>
 
 
 def _copy_of_shipped(tmp_path):
@@ -119,3 +119,54 @@ def test_recipe_rebuilds_a_model_that_passes_the_same_bar(tmp_path):
     assert bm.builtin_dir_problem(out) is None
     assert accuracy(model, tokenizer, source_eval_examples()) >= 0.9
     assert accuracy(model, tokenizer, target_eval_examples()) <= 0.3
+
+
+def _finetune_on_target(model, tokenizer, *, lr, steps, lift_rank=None, batch_size=16):
+    """Throwaway check of the task design (the real trainer is lift_core.training).
+
+    Plain AdamW on every block linear weight; with ``lift_rank`` the gradients are masked
+    to LIFT's principal weights (budget of a LoRA of that rank, filter rank the same), so
+    Adam's moments, and hence the updates, stay zero outside the mask.
+    """
+    from lift_core.masks import lift_mask, lora_budget
+    from lift_core.tasks import target_train_examples
+
+    model.requires_grad_(False)
+    weights = [m.weight for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    masks = None
+    if lift_rank is not None:
+        masks = [lift_mask(w.data, k=lora_budget(tuple(w.shape), lift_rank), filter_rank=lift_rank)
+                 for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+    optim = torch.optim.AdamW(weights, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    data = target_train_examples(steps * batch_size, seed=1)
+    model.train()
+    for step in range(steps):
+        for group in optim.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 10)  # 10 warmup steps
+        loss = model(**bm.encode_batch(tokenizer, data[step * batch_size:(step + 1) * batch_size])).loss
+        optim.zero_grad()
+        loss.backward()
+        for w, mask in zip(weights, masks or []):
+            w.grad.mul_(mask)
+        optim.step()
+    model.eval()
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lift_rank, lr", [(None, 1e-3), (4, 3e-3)], ids=["full", "lift"])
+def test_every_method_learns_the_target_and_full_fine_tuning_forgets(lift_rank, lr):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(bm.SHIPPED_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(bm.SHIPPED_DIR)
+    before = accuracy(model, tokenizer, source_eval_examples())
+    _finetune_on_target(model, tokenizer, lr=lr, steps=300, lift_rank=lift_rank)
+    source = accuracy(model, tokenizer, source_eval_examples())
+    target = accuracy(model, tokenizer, target_eval_examples())
+    print(f"{'full' if lift_rank is None else 'lift'}: source {before:.2f} -> {source:.2f}, target {target:.2f}")
+    assert target >= 0.4
+    if lift_rank is None:
+        assert source <= before - 0.2
