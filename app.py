@@ -15,6 +15,11 @@ PAGES = {
         st.Page("pages/principal_weights.py", title="Principal weights", icon=":material/grid_on:"),
         st.Page("pages/overlap.py", title="Overlap", icon=":material/join_inner:"),
     ],
+    "Train": [
+        st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/table_chart:"),
+        st.Page("pages/workshop.py", title="Workshop", icon=":material/school:"),
+    ],
 }
 
 st.navigation({section: pages for section, pages in PAGES.items() if pages}).run()

@@ -1,0 +1,38 @@
+"""Fine-tune: launch one run (or all methods in a row) in the background and watch it live."""
+
+import streamlit as st
+
+from lift_core.compare_cli import DEFAULT_METHODS
+from lift_core.methods import METHODS
+from lift_ui import training
+from lift_ui.state import require_app_navigation
+
+require_app_navigation()
+st.title("Fine-tune")
+st.caption(f"Runs go to `{training.runs_root()}` (set LIFT_RUNS_DIR to change it). Training runs as a "
+           "separate process: closing or reloading this tab does not stop it, and one job runs at a time.")
+
+settings = training.settings_form()
+if settings is not None:
+    run_tab, compare_tab = st.tabs(["One run", "Compare all methods"])
+    with run_tab:
+        out = training.planned_dir(settings.method, "run")
+        argv = training.finetune_argv(settings, out)
+        st.code(training.command_text(argv), language="bash")
+        training.launch_button("Run", argv, [out], kind="finetune", slot="run", settings=settings,
+                               steps=settings.steps, job_label=f"{settings.method}, {settings.steps} steps",
+                               key="ft_run")
+    with compare_tab:
+        methods = st.multiselect("Methods, in run order", METHODS, default=list(DEFAULT_METHODS), key="ft_compare_methods")
+        st.caption("The same settings for every method, each with its own default learning rate; "
+                   "one job that trains them one after another into one folder.")
+        if methods:
+            out = training.planned_dir("compare", "compare")
+            argv = training.compare_argv(settings, methods, out)
+            st.code(training.command_text(argv), language="bash")
+            training.launch_button("Compare all", argv, [out / m for m in methods], kind="compare",
+                                   slot="compare", settings=settings, steps=settings.steps,
+                                   job_label=f"compare {', '.join(methods)} ({settings.steps} steps each)",
+                                   key="ft_compare")
+
+training.job_panel(("finetune", "compare"), key="ft_live")

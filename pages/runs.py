@@ -1,0 +1,42 @@
+"""Runs: browse the recorded runs (sample runs and your own), overlay any of them, export the table."""
+
+import streamlit as st
+
+from lift_ui import figures_training as figs
+from lift_ui import run_data, training
+from lift_ui.state import require_app_navigation
+
+require_app_navigation()
+st.title("Runs")
+table = training.browse_runs()
+if table.empty:
+    st.info(f"No run records yet in `sample_runs/` or `{training.runs_root()}`. Launch one on the "
+            "Fine-tune page, or make the sample runs: `bash sample_runs/make_sample_runs.sh`.")
+    st.stop()
+
+labels = list(table["label"])
+default = [l for l in labels if l.startswith("sample_runs/")] or labels[-5:]
+picked = st.multiselect(f"Runs to compare ({len(labels)} found)", labels, default=default, key="runs_picked")
+if not picked:
+    st.info("Pick one or more runs.")
+    st.stop()
+shown = table[table["label"].isin(picked)]
+
+columns = ["label", "method", "seed", "lr", "status", "steps_done", "steps", "target_acc_before", "target_acc",
+           "source_acc_before", "source_acc", "forgetting", "trainable_params", "optimizer_state_bytes",
+           "seconds_per_step", "wall_seconds"]
+st.dataframe(shown[columns], hide_index=True, column_config={
+    c: st.column_config.NumberColumn(format="percent") for c in columns if "acc" in c or c == "forgetting"})
+st.download_button("Download the table (CSV)", shown.drop(columns=["path"]).to_csv(index=False),
+                   file_name="lift_runs.csv", mime="text/csv", key="runs_csv")
+
+data = training.long_metrics(training.records_for(shown))
+st.plotly_chart(figs.accuracy_figure(data), key="runs_acc")
+left, right = st.columns(2)
+log_y = left.toggle("Log-scale loss", value=True, key="runs_log")
+left.plotly_chart(figs.loss_figure(data, log_y=log_y, raw=False), key="runs_loss")
+points = run_data.method_points(shown)
+right.plotly_chart(figs.tradeoff_figure(points, title="Accuracy vs forgetting (mean ± std per method)"),
+                   key="runs_tradeoff")
+right.caption("One point per method: the mean over the picked runs that have a result, with ± one "
+              "standard deviation across seeds as error bars. Unfinished runs are left out.")

@@ -1,0 +1,82 @@
+"""Workshop: walk a room through LIFT with the recorded sample runs, then train live for a minute."""
+
+import streamlit as st
+
+from lift_core.compare_cli import method_table
+from lift_core.records import runs_table
+from lift_ui import figures_training as figs
+from lift_ui import run_data, training
+from lift_ui.state import require_app_navigation
+
+require_app_navigation()
+st.title("Workshop: LIFT in ten minutes")
+st.markdown(
+    "**Principal weights.** Take a weight matrix W, keep only its best rank-r approximation W_r "
+    "(from the SVD), and score every entry by |W_r|. The k highest-scoring entries are the "
+    "*principal weights*; LIFT fine-tunes only those entries of the original W, with k matched to "
+    "a LoRA of the same rank: k = (m+n)·rank per matrix, about 5% of the entries. The Adam state is "
+    "kept only for those k entries, and the mask is recomputed from the current weights every few "
+    "hundred steps (Liu et al., ICML 2025).")
+
+records = training.sample_records()
+if not records:
+    st.info("No completed sample runs yet (`bash sample_runs/make_sample_runs.sh` makes them, "
+            "~1 min per run). The live demo below still works.")
+else:
+    table = runs_table([r.path for r in records.values()])
+    points = method_table(table)
+    facts = run_data.workshop_findings(points)
+    seeds = int(points["runs"].max())
+    steps = int(table["steps"].max())
+    st.caption(f"{len(records)} recorded runs: {', '.join(points['method'])} on the built-in tiny Llama, "
+               f"{steps} steps, up to {seeds} seeds each (sample_runs/). Nothing is trained to show them.")
+
+    st.header("1. Learning the new task, and what it costs")
+    curves = run_data.mean_curves(run_data.long_metrics(records))
+    st.plotly_chart(figs.accuracy_figure(curves, title="Accuracy during training (mean ± std over seeds)"),
+                    key="ws_acc")
+    st.markdown(
+        "The model was pretrained on a *source* task (reversing, sorting, single arithmetic facts) "
+        "and is fine-tuned on a *target* task (chained arithmetic). The top row is what it learns; "
+        "the bottom row is what it keeps of the source task. " + facts.get("accuracy", ""))
+
+    st.header("2. Accuracy vs forgetting")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figs.tradeoff_figure(run_data.method_points(table),
+                                           title="Target accuracy vs forgetting (mean ± std)"), key="ws_tradeoff")
+    right.markdown(
+        "Up is more learned, left is less forgotten. In the paper, LIFT beats full fine-tuning on "
+        "reasoning benchmarks (e.g. Llama-3-8B, 7 benchmarks: 81.78 vs 80.18) and keeps more "
+        "source-domain accuracy: >10 points above full fine-tuning and ~20 above LoRA on Llama-3-8B.")
+    for key in ("forgetting", "selection"):
+        if key in facts:
+            right.markdown("**These runs:** " + facts[key])
+
+    st.header("3. What each method trains and stores")
+    st.plotly_chart(figs.memory_figure(points.rename(columns={
+        "trainable_params_mean": "trainable_params", "optimizer_state_bytes_mean": "optimizer_state_bytes"})),
+        key="ws_memory")
+    st.markdown("LoRA and the sparse methods train the same number of numbers; full fine-tuning trains "
+                "every entry and needs Adam moments for all of them. " + facts.get("memory", ""))
+
+    st.header("4. The mask moves")
+    sparse = curves[curves["method"].isin(["lift", "magnitude", "random"])]
+    st.plotly_chart(figs.churn_figure(sparse), key="ws_churn")
+    lift = sparse[(sparse["method"] == "lift") & sparse["mask_churn"].notna()]
+    churn = (f" Here LIFT replaced {100 * lift['mask_churn'].min():.1f}–{100 * lift['mask_churn'].max():.1f}% "
+             "of its mask at each refresh." if len(lift) else "")
+    st.markdown("Every few hundred steps the mask is recomputed from the *current* weights: entries that "
+                "stay keep their Adam moments, new ones start from zero. Training changes which weights "
+                "are principal." + churn)
+
+st.header("Live demo")
+demo = training.demo_settings()
+out = training.planned_dir("demo", "demo")
+argv = training.finetune_argv(demo, out)
+st.markdown(f"A short LIFT run on the built-in model ({demo.steps} steps, evaluation on {demo.eval_limit} "
+            "problems of each task): about a minute on a laptop CPU. It runs in the background; the charts "
+            "below update as it trains.")
+st.code(training.command_text(argv), language="bash")
+training.launch_button("Start the live demo", argv, [out], kind="demo", slot="demo", settings=demo,
+                       steps=demo.steps, job_label=f"live demo: lift, {demo.steps} steps", key="ws_demo")
+training.job_panel(("demo",), key="ws_live")

@@ -1,0 +1,122 @@
+"""AppTest of the Fine-tune page: a real short run on the built-in model, launched, watched, stopped.
+
+The page starts `python -m lift_core finetune` through the JobManager (LIFT_RUNS_DIR points at
+a temp folder), the test polls until the record has training steps, presses Stop and checks
+the record says "stopped". Also: the LR follows the method until typed, a second launch is
+refused while one runs, a reload finds the running job again, an encoder-only model is
+refused with the core's message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from lift_core.jobs import JobManager
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runs"
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(root))
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(tmp_path / "no_samples"))
+    yield root
+    JobManager(root).stop(timeout=20)  # never leave a job behind
+
+
+def _page(runs: Path) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("pages/finetune.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _wait(predicate, timeout=90.0, every=0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def _training_steps(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return 0
+    return sum(1 for line in metrics.read_text().splitlines() if '"loss"' in line)
+
+
+def test_learning_rate_follows_the_method_until_typed(runs):
+    at = _page(runs)
+    lr = lambda: at.text_input(key="_w_ft_lr").value
+    assert lr() == "0.002"
+    at.selectbox(key="_w_ft_method").set_value("full").run()
+    assert lr() == "0.0005" and "--method full --lr 0.0005" in at.code[0].value
+    at.text_input(key="_w_ft_lr").set_value("3e-4").run()
+    at.selectbox(key="_w_ft_method").set_value("lora").run()
+    assert lr() == "3e-4" and "--lr 0.0003" in at.code[0].value  # typed: kept
+    at.text_input(key="_w_ft_lr").set_value("").run()  # cleared: back to the default
+    assert lr() == "0.002"
+
+
+def test_encoder_only_model_gets_the_cores_message(runs):
+    at = _page(runs)
+    at.radio(key="_w_ft_model_kind").set_value("other").run()
+    at.text_input(key="_w_ft_model_text").set_value("minilm").run()
+    at.button(key="ft_run").click().run()
+    assert not at.exception
+    assert any("can be explored but not fine-tuned" in e.value for e in at.error)
+    assert JobManager(runs).last() is None
+
+
+def test_run_live_second_launch_reload_and_stop(runs):
+    at = _page(runs)
+    at.number_input(key="_w_ft_steps").set_value(2000).run()
+    at.number_input(key="_w_ft_eval_every").set_value(500).run()
+    at.number_input(key="_w_ft_eval_limit").set_value(8).run()
+    command = at.code[0].value
+    assert command.startswith("python -m lift_core finetune --method lift") and "--steps 2000" in command
+    at.button(key="ft_run").click().run()
+    assert not at.exception, at.exception
+    job = JobManager(runs).active()
+    assert job is not None and job.argv[3:] == command.split()[3:]  # the previewed argv, exactly
+    run_dir = Path(job.run_dirs[0])
+    assert run_dir.parent == runs and run_dir.name.startswith("lift-")
+
+    assert _wait(lambda: _training_steps(run_dir) >= 3), JobManager(runs).last().log_tail()
+    at.run()  # the live panel re-reads the record
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) >= 3  # loss, churn, accuracy
+    assert any("step" in p.proto.text for p in at.get("progress"))
+    assert any(m.label.startswith("Trainable numbers") for m in at.metric)
+
+    # Another session: a second launch is refused with the job manager's message.
+    other = _page(runs)
+    assert any(s.value.startswith("Running: lift") for s in other.subheader)  # reattached
+    other.button(key="ft_run").click().run()
+    assert any("already running" in e.value for e in other.error)
+    assert not other.exception
+
+    at.button(key="ft_live_stop").click().run()
+    assert not at.exception, at.exception
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps_done"] >= 3
+    assert JobManager(runs).active() is None
+    assert any("Stopped on request" in w.value for w in at.warning)
