@@ -1,0 +1,69 @@
+"""AppTests of the Runs page: records found, picked, overlaid, summarized and exported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from tests.fake_runs import write_run, write_sample_set
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+REPO_SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _open(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_runs_page_overlays_picked_runs_and_exports_csv(tmp_path, monkeypatch):
+    samples = write_sample_set(tmp_path / "samples", seeds=(0, 1))
+    runs = tmp_path / "runs"
+    write_run(runs / "lift-20260101-000000", "lift", 5, finished=False)  # still running
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(samples))
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(runs))
+    at = _open("runs")
+    picker = at.multiselect(key="runs_picked")
+    assert len(picker.options) == 11 and "runs/lift-20260101-000000" in picker.options
+    assert len(picker.value) == 10  # the sample runs by default
+    assert len(at.get("plotly_chart")) == 3 and len(at.dataframe) == 1
+    csv = at.get("download_button")[0]
+    assert csv.proto.label.startswith("Download")
+
+    picker.set_value(["sample_runs/lift-seed0", "runs/lift-20260101-000000"]).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert dict(zip(table["label"], table["status"])) == {
+        "sample_runs/lift-seed0": "completed", "runs/lift-20260101-000000": "running"}
+
+    at.multiselect(key="runs_picked").set_value([]).run()
+    assert any("Pick one or more" in i.value for i in at.info)
+
+
+def test_runs_page_without_records_says_how_to_make_some(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(tmp_path / "none"))
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(tmp_path / "runs"))
+    at = _open("runs")
+    assert any("No run records yet" in i.value for i in at.info)
+
+
+@pytest.mark.skipif(not any(REPO_SAMPLES.glob("*/summary.json")), reason="sample_runs/ not generated yet")
+def test_runs_page_renders_the_shipped_sample_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("LIFT_SAMPLE_RUNS", raising=False)
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(tmp_path / "runs"))
+    at = _open("runs")
+    assert at.multiselect(key="runs_picked").value
+    assert len(at.get("plotly_chart")) == 3

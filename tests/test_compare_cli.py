@@ -1,0 +1,90 @@
+"""`python -m lift_core compare`: a queue of real runs, compare.json, summary table, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lift_core.cli import main
+from lift_core.compare_cli import compare_configs, method_table, parse_methods, read_compare
+from lift_core.errors import LiftError
+from lift_core.records import read_run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--steps", "3", "--eval-every", "2", "--eval-limit", "4", "--threads", "1", "--no-progress"]
+
+
+def test_two_methods_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "lift,lora", "--out", str(out), *TINY]) == 0
+    state = read_compare(out)
+    assert state["methods"] == ["lift", "lora"] and state["status"] == "completed"
+    assert [r["status"] for r in state["runs"]] == ["completed", "completed"]
+    for method, lr in (("lift", 2e-3), ("lora", 2e-3)):
+        record = read_run(out / method)  # a normal run record
+        assert record.summary["status"] == "completed" and record.config["method"] == method
+        assert record.config["lr_used"] == lr and record.config["steps"] == 3
+        assert list(record.metrics["step"]) == [0, 1, 2, 3]
+    text = capsys.readouterr().out
+    assert "lift" in text and "lora" in text and "comparison completed" in text
+    # The same folder again is refused (one line, exit 2) unless --overwrite.
+    assert main(["compare", "--methods", "lift", "--out", str(out), *TINY]) == 2
+
+
+def test_bad_input_is_refused_before_training(tmp_path):
+    with pytest.raises(LiftError, match="unknown method"):
+        parse_methods("lift,nope")
+    with pytest.raises(LiftError, match="twice"):
+        parse_methods("lift,lift")
+    with pytest.raises(LiftError, match="steps"):
+        compare_configs(["lift"], tmp_path / "x", steps=0)
+    (tmp_path / "y" / "full").mkdir(parents=True)
+    (tmp_path / "y" / "full" / "junk").write_text("x")
+    with pytest.raises(LiftError, match="not empty"):
+        compare_configs(["lift", "full"], tmp_path / "y")
+    assert not (tmp_path / "y" / "lift").exists()
+
+
+def test_sigterm_stops_the_current_run_and_skips_the_rest(tmp_path):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "lift_core", "compare", "--methods", "lift,full,lora", "--out", str(out),
+           "--steps", "5000", "--eval-every", "5000", "--eval-limit", "4", "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    metrics = out / "lift" / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"loss"') >= 3:
+            break
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, output
+    state = read_compare(out)
+    assert state["status"] == "stopped"
+    assert [r["status"] for r in state["runs"]] == ["stopped", "not started", "not started"]
+    summary = json.loads((out / "lift" / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps_done"] >= 3
+    assert not (out / "full").exists()
+    assert "lift, stopped" not in output and "lift stopped" in output
+
+
+def test_method_table_mean_and_std_per_method():
+    table = pd.DataFrame({"method": ["lora", "lift", "lift"], "target_acc": [0.3, 0.5, 0.7],
+                          "forgetting": [0.2, 0.1, 0.1]})
+    for col in ("target_acc_before", "source_acc_before", "source_acc", "trainable_params",
+                "optimizer_state_bytes", "seconds_per_step", "wall_seconds"):
+        table[col] = 1.0
+    out = method_table(table)
+    assert list(out["method"]) == ["lift", "lora"] and list(out["runs"]) == [2, 1]
+    assert out.loc[0, "target_acc_mean"] == pytest.approx(0.6)
+    assert out.loc[0, "target_acc_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert pd.isna(out.loc[1, "target_acc_std"])

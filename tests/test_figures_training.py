@@ -1,0 +1,140 @@
+"""Training figure builders and record reshaping, as plain functions (no Streamlit, no browser)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lift_core.compare_cli import method_table
+from lift_core.records import read_run, runs_table
+from lift_ui import figures_training as figs
+from lift_ui import run_data
+from tests.fake_runs import write_run, write_sample_set
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return write_sample_set(tmp_path_factory.mktemp("samples"), seeds=(0, 1))
+
+
+def _records(root, names):
+    return {name: read_run(root / name) for name in names}
+
+
+def test_ema_smooths_and_skips_nans():
+    values = [1.0, np.nan, 3.0, 3.0]
+    out = figs.ema(values, 0.5)
+    assert out[0] == 1.0 and out[1] == 1.0
+    assert 1.0 < out[2] < 3.0 and out[2] < out[3] < 3.0
+
+
+def test_loss_figure_raw_and_ema_for_one_run_log_toggle(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0"]))
+    fig = figs.loss_figure(data, steps=60)
+    assert [t.name for t in fig.data] == ["lift-seed0 (raw)", "lift-seed0 (EMA)"]
+    assert len(fig.data[0].x) == 60  # step 0 has no loss
+    assert fig.layout.yaxis.type == "linear" and list(fig.layout.xaxis.range) == [0, 60 * 1.02]
+    assert figs.loss_figure(data, log_y=True).layout.yaxis.type == "log"
+
+
+def test_loss_figure_overlay_colours_by_method_and_dashes_repeats(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0", "lift-seed1", "full-seed0"]))
+    fig = figs.loss_figure(data)
+    assert [t.name for t in fig.data] == ["lift-seed0", "lift-seed1", "full-seed0"]  # no raw for several
+    assert fig.data[0].line.color == fig.data[1].line.color == figs.METHOD_COLORS["lift"]
+    assert fig.data[0].line.dash != fig.data[1].line.dash
+    assert fig.data[2].line.color == figs.METHOD_COLORS["full"]
+
+
+def test_accuracy_figure_has_two_rows_on_a_shared_x_axis(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0", "lora-seed0"]))
+    fig = figs.accuracy_figure(data, steps=60)
+    assert len(fig.data) == 4  # 2 runs x (target, source)
+    assert {t.yaxis for t in fig.data} == {"y", "y2"}
+    assert fig.layout.xaxis.matches == "x2" or fig.layout.xaxis2.matches == "x"  # linked
+    target = next(t for t in fig.data if t.name == "lift-seed0" and t.yaxis == "y")
+    assert list(target.x) == [0, 20, 40, 60] and max(target.y) <= 100  # percent
+    assert sum(t.showlegend is not False for t in fig.data) == 2  # one legend entry per run
+
+
+def test_accuracy_figure_draws_std_error_bars_for_mean_curves(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0", "lift-seed1"]))
+    curves = run_data.mean_curves(data)
+    assert set(curves["label"]) == {"LIFT"}
+    fig = figs.accuracy_figure(curves)
+    assert fig.data[0].error_y.array is not None and len(fig.data[0].error_y.array) == 4
+
+
+def test_churn_figure_only_has_refresh_steps(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0", "full-seed0"]))
+    fig = figs.churn_figure(data)
+    assert len(fig.data) == 1 and list(fig.data[0].x) == [20, 40, 60]
+
+
+def test_tradeoff_figure_one_point_per_method_with_error_bars(samples):
+    table = runs_table(sorted(samples.iterdir()))
+    points = run_data.method_points(table)
+    assert list(points["method"]) == ["lift", "full", "lora", "magnitude", "random"]
+    assert (points["runs"] == 2).all()
+    fig = figs.tradeoff_figure(points)
+    assert len(fig.data) == 5
+    lift = fig.data[0]
+    assert lift.text == ("LIFT",) and lift.error_x.array is not None and lift.error_y.array is not None
+    row = table[table["method"] == "lift"]
+    assert lift.x[0] == pytest.approx(100 * row["forgetting"].mean())
+    assert "forgetting" in fig.layout.xaxis.title.text
+
+
+def test_tradeoff_figure_skips_runs_without_a_result():
+    points = pd.DataFrame([{"label": "a", "method": "lift", "target_acc": None, "forgetting": 0.1},
+                           {"label": "b", "method": "lora", "target_acc": 0.5, "forgetting": 0.2}])
+    fig = figs.tradeoff_figure(points)
+    assert [t.name for t in fig.data] == ["b"] and fig.data[0].error_x.array is None
+
+
+def test_memory_figure_bars_per_method():
+    table = pd.DataFrame({"method": ["lift", "full"], "trainable_params": [10, 100],
+                          "optimizer_state_bytes": [2048, 8192]})
+    fig = figs.memory_figure(table)
+    assert list(fig.data[0].x) == ["LIFT", "full FT"] and list(fig.data[1].y) == [2.0, 8.0]
+
+
+def test_progress_and_optimizer_state_of_a_running_record(tmp_path):
+    record = read_run(write_run(tmp_path / "r", "lift", 0, finished=False))
+    nums = run_data.progress_numbers(record, 60)
+    assert nums["done"] == 30 and nums["eta"] == pytest.approx(3.0)  # 0.1 s/step, 30 left
+    assert run_data.optimizer_state_bytes(record) == (39424 * 12, False)  # estimated
+    done = read_run(write_run(tmp_path / "d", "full", 0))
+    assert run_data.progress_numbers(done, 60)["eta"] is None
+    assert run_data.optimizer_state_bytes(done) == (802816 * 8, True)
+
+
+def test_read_record_tolerates_missing_and_partial(tmp_path):
+    assert run_data.read_record(tmp_path / "nothing") is None
+    path = write_run(tmp_path / "p", "lift", 0, finished=False)
+    with open(path / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 31, "lo')  # the writer is mid-line
+    assert run_data.read_record(path).metrics["step"].max() == 30
+    assert run_data.long_metrics({}).empty
+
+
+def test_tradeoff_points_from_the_latest_evaluation(tmp_path):
+    record = read_run(write_run(tmp_path / "r", "lora", 0, finished=False))
+    points = run_data.tradeoff_points({"lora": record})
+    evals = record.metrics[record.metrics["source_acc"].notna()]
+    assert points["forgetting"].iloc[0] == pytest.approx(evals["source_acc"].iloc[0] - evals["source_acc"].iloc[-1])
+
+
+def test_workshop_findings_are_computed_from_the_runs(samples):
+    points = method_table(runs_table(sorted(samples.iterdir())))
+    facts = run_data.workshop_findings(points)
+    assert set(facts) == {"accuracy", "forgetting", "selection", "memory"}
+    assert "less than full FT" in facts["forgetting"]
+    assert f"{802816 * 8 / (39424 * 12):.1f}x" in facts["memory"]
+    # Swap the story: now LIFT forgets most, and the sentence follows the numbers.
+    flipped = points.copy()
+    flipped.loc[flipped["method"] == "lift", "forgetting_mean"] = 0.9
+    assert "more than full FT" in run_data.workshop_findings(flipped)["forgetting"]
+    only_lora = points[points["method"] == "lora"]
+    assert set(run_data.workshop_findings(only_lora)) == {"accuracy"}
