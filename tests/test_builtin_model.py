@@ -1,6 +1,7 @@
 """The shipped built-in model, its tokenizer, its integrity check and its rebuild recipe."""
 
 import shutil
+import time
 
 import pytest
 import torch
@@ -113,7 +114,9 @@ def test_recipe_validation():
 
 @pytest.mark.slow
 def test_recipe_rebuilds_a_model_that_passes_the_same_bar(tmp_path):
+    start = time.perf_counter()
     out = bm.build_builtin_model(tmp_path / "rebuilt", seed=0)
+    print(f"rebuilt in {time.perf_counter() - start:.0f} s")
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert bm.builtin_dir_problem(out) is None
@@ -157,7 +160,7 @@ def _finetune_on_target(model, tokenizer, *, lr, steps, lift_rank=None, batch_si
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lift_rank, lr", [(None, 1e-3), (4, 3e-3)], ids=["full", "lift"])
+@pytest.mark.parametrize("lift_rank, lr", [(None, 3e-4), (4, 3e-3)], ids=["full", "lift"])
 def test_every_method_learns_the_target_and_full_fine_tuning_forgets(lift_rank, lr):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(bm.SHIPPED_DIR)
@@ -167,6 +170,6 @@ def test_every_method_learns_the_target_and_full_fine_tuning_forgets(lift_rank, 
     source = accuracy(model, tokenizer, source_eval_examples())
     target = accuracy(model, tokenizer, target_eval_examples())
     print(f"{'full' if lift_rank is None else 'lift'}: source {before:.2f} -> {source:.2f}, target {target:.2f}")
-    assert target >= 0.4
+    assert target >= 0.5
     if lift_rank is None:
         assert source <= before - 0.2
