@@ -1,0 +1,302 @@
+"""Optimizer state, peak memory and step time of lift / full / lora / magnitude at matched budget.
+
+The model is a Llama built from a config (hidden 1024, MLP 2816, vocab 8192, 16 heads,
+random init: memory and time do not depend on the values) and every method is set up by
+``lift_core.methods.setup_method``, the trainer's own code path, then trained with the
+trainer's step: forward, backward, ``optimizer.clip_grad_norm_(1.0)``, step, zero_grad.
+Step times come from one process holding all four models, rounds interleaved, so ratios
+share one machine load. Peak memory comes from a fresh process per method: peak RSS
+(VmHWM, reset after set-up) minus RSS after the model was built, plus the bytes of
+parameters, gradients, gradient buffers and optimizer state counted at every gradient hook.
+
+Run: ``python -m bench.bench_memory [--quick]``; writes bench/results/memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from bench.common import (RESULTS_DIR, Clock, machine, markdown_table, median,
+                          proc_status_bytes, reset_peak_rss, run_child, tensor_bytes,
+                          use_one_thread, write_json)
+
+RESULTS = RESULTS_DIR / "memory.json"
+METHODS = ("full", "lift", "lora", "magnitude")
+MODEL = {"hidden": 1024, "intermediate": 2816, "vocab": 8192, "heads": 16}
+# LoRA rank 32 at hidden 1024 is the paper's density (Llama-2-7B: rank 128 at hidden 4096):
+# k is 6.25% of each attention matrix and 4.3% of each MLP matrix.
+LORA_RANK, FILTER_RANK = 32, 32
+SIZES = {  # layers, batch x sequence, interleaved timing rounds, steps in the memory probe
+    "full": {"layers": 4, "batch": 4, "seq": 128, "rounds": 5, "memory_steps": 3},
+    "quick": {"layers": 2, "batch": 2, "seq": 128, "rounds": 3, "memory_steps": 2},
+}
+MB = 2**20
+
+
+def build_model(hidden: int, layers: int, *, intermediate: int, vocab: int, heads: int,
+                seed: int = 0):
+    """A randomly initialised Llama causal LM of the given shape (fp32, on CPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=heads, vocab_size=vocab,
+                         max_position_embeddings=1024)
+    return LlamaForCausalLM(config)
+
+
+def set_up(model, method: str, device, lora_rank: int, filter_rank: int):
+    """The trainer's set-up: ``setup_method`` with the method's default learning rate.
+
+    The mask is never refreshed during the benchmark (a refresh is an SVD per matrix every
+    ``update_interval`` steps, measured by bench_masks, not part of a step).
+    """
+    from lift_core.methods import default_lr, setup_method
+
+    model.to(device)
+    return setup_method(model, method, lr=default_lr(method), lora_rank=lora_rank,
+                        filter_rank=filter_rank, update_interval=10**9)
+
+
+def make_batch(vocab: int, batch: int, seq: int, device) -> dict:
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(1))
+    return {"input_ids": ids.to(device), "labels": ids.to(device)}
+
+
+def train_step(setup, batch: dict, device, phases: dict | None = None, clock=None) -> None:
+    """One step as ``lift_core.training`` does it; ``phases`` collects per-phase times."""
+    state = {}
+
+    def forward():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            state["loss"] = setup.model(**batch).loss
+
+    def optimizer_step():
+        setup.optimizer.clip_grad_norm_(1.0)
+        setup.optimizer.step()
+        setup.optimizer.zero_grad(set_to_none=True)
+
+    for name, fn in (("forward", forward), ("backward", lambda: state["loss"].backward()),
+                     ("optimizer", optimizer_step)):
+        if phases is None:
+            fn()
+        else:
+            phases.setdefault(name, []).append(clock(fn))
+
+
+# --- step time: one process, rounds interleaved --------------------------------------------
+
+
+def time_methods(size: dict, device) -> dict:
+    """Per method: median step seconds (CPU and wall, or CUDA events) and per-phase medians."""
+    clock = Clock(device)
+    batch = make_batch(MODEL["vocab"], size["batch"], size["seq"], device)
+    setups = {}
+    for method in METHODS:
+        model = build_model(MODEL["hidden"], size["layers"], **_shape())
+        setups[method] = set_up(model, method, device, LORA_RANK, FILTER_RANK)
+        train_step(setups[method], batch, device)  # warm-up: allocations, lazy dense state
+    samples = {m: {} for m in METHODS}
+    for _ in range(size["rounds"]):
+        for method in METHODS:
+            train_step(setups[method], batch, device, samples[method], clock)
+    return {method: _summarise(phases) for method, phases in samples.items()}
+
+
+def _shape() -> dict:
+    return {k: MODEL[k] for k in ("intermediate", "vocab", "heads")}
+
+
+def _summarise(phases: dict) -> dict:
+    """Median seconds per phase and for the whole step (sum of the phases of each round)."""
+    out = {}
+    for kind in ("cpu", "wall"):
+        if phases["forward"][0][kind] is None:
+            continue
+        per_round = [sum(p[i][kind] for p in phases.values()) for i in range(len(phases["forward"]))]
+        out[f"step_{kind}_s"] = median(per_round)
+        out[f"step_{kind}_samples_s"] = per_round
+        for name, samples in phases.items():
+            out[f"{name}_{kind}_s"] = median(s[kind] for s in samples)
+    return out
+
+
+# --- memory: one fresh process per method ----------------------------------------------------
+
+
+class _Counter:
+    """Peak bytes of parameters + gradients + gradient buffers + optimizer state alive at once."""
+
+    def __init__(self):
+        self.setup, self.peak, self.at_peak, self.hooked = None, 0, {}, set()
+
+    def hook(self, params) -> None:
+        """Sample at every gradient accumulation of ``params`` (each hooked once)."""
+        for p in params:
+            if p.requires_grad and id(p) not in self.hooked:
+                self.hooked.add(id(p))
+                p.register_post_accumulate_grad_hook(self.sample)
+
+    def sample(self, _=None) -> None:
+        if self.setup is None:
+            return
+        params = list(self.setup.model.parameters())
+        opt = self.setup.optimizer
+        parts = {
+            "params": tensor_bytes(params),
+            "grads": tensor_bytes(p.grad for p in params),
+            "grad_buffers": tensor_bytes(getattr(opt, "_grad_buffers", {}).values()),
+            "optimizer_state": tensor_bytes(t for s in opt.state.values() for t in s.values()
+                                            if isinstance(t, torch.Tensor)),
+        }
+        total = sum(parts.values())
+        if total > self.peak:
+            self.peak, self.at_peak = total, parts
+
+
+def memory_probe(method: str, device_name: str, size: dict) -> dict:
+    """Set up ``method`` in this (fresh) process, train a few steps, report its peaks."""
+    use_one_thread()
+    device = torch.device(device_name)
+    model = build_model(MODEL["hidden"], size["layers"], **_shape()).to(device)
+    model_bytes = tensor_bytes(model.parameters())
+    after_load = _memory_now(device)
+    # Hooked before set-up, so these hooks run before the optimizer's free_dense_grads hook
+    # and see each fresh dense gradient; LoRA's adapters exist only after set-up.
+    counter = _Counter()
+    counter.hook(model.parameters())
+    setup = set_up(model, method, device, LORA_RANK, FILTER_RANK)
+    setup_peak = _memory_peak(device)
+    counter.setup = setup
+    counter.hook(setup.model.parameters())
+    batch = make_batch(MODEL["vocab"], size["batch"], size["seq"], device)
+    reset = _reset_peak(device)
+    for _ in range(size["memory_steps"]):
+        train_step(setup, batch, device)
+        counter.sample()
+    state = setup.optimizer.state_bytes()
+    return {
+        "method": method, "device": device_name, "trainable_params": setup.trainable_params,
+        "optimizer_state_bytes": state,
+        "state_bytes_per_trained_entry": state / setup.trainable_params,
+        "peak_minus_load_mb": (_memory_peak(device) - after_load) / MB,
+        "setup_peak_minus_load_mb": (setup_peak - after_load) / MB,
+        "counted_peak_mb": counter.peak / MB,
+        "counted_peak_minus_model_mb": (counter.peak - model_bytes) / MB,
+        "counted_at_peak_mb": {k: v / MB for k, v in counter.at_peak.items()},
+        "peak_reset_after_setup": reset,
+        "measured_with": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                          "VmHWM (peak RSS) of a fresh process minus its RSS after the model "
+                          "was built"),
+    }
+
+
+def _memory_now(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated()
+    return proc_status_bytes("VmRSS")
+
+
+def _memory_peak(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return proc_status_bytes("VmHWM")
+
+
+def _reset_peak(device) -> bool:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    return reset_peak_rss()
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> dict:
+    """Time and probe every method on CPU (and on CUDA when present); write memory.json."""
+    info = machine()
+    use_one_thread()
+    mode = "quick" if quick else "full"
+    size = SIZES[mode]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    report = {"machine": info, "mode": mode, "model": {**MODEL, **size},
+              "lora_rank": LORA_RANK, "filter_rank": FILTER_RANK, "methods": list(METHODS),
+              "threads": 1, "results": {}}
+    for device_name in devices:
+        timing = time_methods(size, torch.device(device_name))
+        memory = {m: run_child("bench_memory", "--probe", m, "--device", device_name,
+                               "--mode", mode) for m in METHODS}
+        report["results"][device_name] = _rows(timing, memory)
+    write_json(RESULTS, report)
+    return report
+
+
+def _rows(timing: dict, memory: dict) -> list[dict]:
+    """One row per method: its numbers and its ratios to full and to LoRA."""
+    key = "step_cpu_s" if "step_cpu_s" in timing["full"] else "step_wall_s"
+    rows = []
+    for method in METHODS:
+        t, m = timing[method], memory[method]
+        rows.append({
+            **t, **m,
+            "step_vs_full": t[key] / timing["full"][key],
+            "step_wall_vs_full": t["step_wall_s"] / timing["full"]["step_wall_s"],
+            "peak_vs_lora": m["peak_minus_load_mb"] / memory["lora"]["peak_minus_load_mb"],
+            "counted_vs_lora": (m["counted_peak_minus_model_mb"]
+                                / memory["lora"]["counted_peak_minus_model_mb"]),
+            "ratio_clock": key,
+        })
+    return rows
+
+
+NOT_RUN = "not run (no GPU in this session)"
+
+
+def markdown(report: dict) -> str:
+    """The docs table: one row per method, CPU columns, then the GPU columns."""
+    cpu_rows = report["results"]["cpu"]
+    gpu = {r["method"]: r for r in report["results"].get("cuda", [])}
+    headers = ["method", "trained numbers", "optimizer state (MB)", "state B / trained number",
+               "step CPU s, median", "x full", "step wall s, median", "x full (wall)",
+               "fwd / bwd / opt CPU s", "peak RSS - model (MB)", "x LoRA",
+               "counted grads+buffers+state+adapters at peak (MB)", "x LoRA",
+               "GPU step ms, x full", "GPU peak - model (MB), x LoRA"]
+    rows = []
+    for r in cpu_rows:
+        g = gpu.get(r["method"])
+        rows.append([
+            r["method"], f"{r['trainable_params']:,}", f"{r['optimizer_state_bytes'] / MB:.1f}",
+            f"{r['state_bytes_per_trained_entry']:.1f}", f"{r['step_cpu_s']:.2f}",
+            f"{r['step_vs_full']:.2f}", f"{r['step_wall_s']:.2f}", f"{r['step_wall_vs_full']:.2f}",
+            f"{r['forward_cpu_s']:.2f} / {r['backward_cpu_s']:.2f} / {r['optimizer_cpu_s']:.2f}",
+            f"{r['peak_minus_load_mb']:.0f}", f"{r['peak_vs_lora']:.2f}",
+            f"{r['counted_peak_minus_model_mb']:.1f}", f"{r['counted_vs_lora']:.2f}",
+            f"{1e3 * g['step_wall_s']:.1f}, {g['step_vs_full']:.2f}" if g else NOT_RUN,
+            f"{g['peak_minus_load_mb']:.0f}, {g['peak_vs_lora']:.2f}" if g else NOT_RUN,
+        ])
+    return markdown_table(headers, rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 layers, 3 rounds")
+    parser.add_argument("--probe", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="full", choices=tuple(SIZES), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(memory_probe(args.probe, args.device, SIZES[args.mode])))
+        return
+    report = run(quick=args.quick)
+    print(markdown(report))
+    print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
