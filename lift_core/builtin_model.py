@@ -57,7 +57,8 @@ class BuiltinRecipe:
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise LiftError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+                f"hidden_size ({self.hidden_size}) must be a multiple of "
+                f"num_heads ({self.num_heads})"
             )
         for name in ("hidden_size", "num_layers", "intermediate_size", "steps", "batch_size"):
             if getattr(self, name) < 1:
@@ -107,14 +108,18 @@ def build_config(recipe: BuiltinRecipe, tokenizer):
 def encode_batch(tokenizer, examples: list[Example]) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask``/``labels`` for teacher forcing.
 
-    Each sequence is <bos> prompt answer <eos>; only the answer and <eos> carry a loss
-    (labels are -100 on the prompt and the padding).
+    Each sequence is [<bos>] prompt answer <eos> (<bos> when the tokenizer adds one);
+    only the answer and <eos> carry a loss (labels are -100 on the prompt and the
+    padding). Works for any HF tokenizer with an eos token; pads with eos if it has no pad.
     """
+    if tokenizer.eos_token_id is None:
+        raise LiftError("the tokenizer has no end-of-sequence token, so answers cannot end")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = tokenizer([e.prompt for e in examples])["input_ids"]
     answers = tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]
     seqs = [p + a + [tokenizer.eos_token_id] for p, a in zip(prompts, answers)]
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), width), -100, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, (seq, prompt) in enumerate(zip(seqs, prompts)):
@@ -153,7 +158,8 @@ def pretrain(model, tokenizer, recipe: BuiltinRecipe, seed: int, progress: Progr
         optim.step()
         loss_value = loss.item()
         if progress is not None and (step % 25 == 0 or step == recipe.steps - 1):
-            progress((step + 1) / recipe.steps, f"pretraining step {step + 1}/{recipe.steps}, loss {loss_value:.3f}")
+            message = f"pretraining step {step + 1}/{recipe.steps}, loss {loss_value:.3f}"
+            progress((step + 1) / recipe.steps, message)
     model.eval()
     return loss_value
 

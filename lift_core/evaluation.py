@@ -18,15 +18,19 @@ from lift_core.tasks import Example, extract_answer
 
 @contextmanager
 def _eval_mode(model, tokenizer):
-    """Eval mode and left padding for the duration; restores both afterwards."""
+    """Eval mode, left padding and a pad token for the duration; restores all three."""
     was_training = model.training
-    side = tokenizer.padding_side
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
     model.eval()
     tokenizer.padding_side = "left"
+    if pad is None:  # GPT-2 style tokenizers: pad with eos, masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
     try:
         yield
     finally:
         tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
         model.train(was_training)
 
 
@@ -64,18 +68,17 @@ def generate_completions(
         raise LiftError(
             f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}"
         )
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
-        raise LiftError("the tokenizer has neither a pad nor an eos token, so it cannot batch")
+    if tokenizer.eos_token_id is None:
+        raise LiftError("the tokenizer has no end-of-sequence token, so generation cannot stop")
     device = torch.device(device) if device is not None else _model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     completions: list[str] = []
     with _eval_mode(model, tokenizer):
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start: start + batch_size], return_tensors="pt", padding=True)
-            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            batch = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                 temperature=None, top_p=None, top_k=None,
             )
             new_tokens = out[:, batch["input_ids"].shape[1]:]

@@ -257,10 +257,15 @@ def format_alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A00
 
 def _record_to_example(record, where: str) -> Example:
     if not isinstance(record, dict):
-        raise LiftError(f"{where}: expected an object with \"instruction\" and \"output\", got {type(record).__name__}")
+        raise LiftError(
+            f"{where}: expected an object with \"instruction\" and \"output\", "
+            f"got {type(record).__name__}"
+        )
     for key in ("instruction", "output"):
         if key not in record:
-            raise LiftError(f"{where}: missing \"{key}\" (each record needs \"instruction\" and \"output\")")
+            raise LiftError(
+                f"{where}: missing \"{key}\" (each record needs \"instruction\" and \"output\")"
+            )
     for key in ("instruction", "input", "output"):
         value = record.get(key, "")
         if value is not None and not isinstance(value, str):

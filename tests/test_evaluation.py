@@ -80,3 +80,12 @@ def test_bad_arguments_raise_lift_error(tiny_model, tokenizer):
         accuracy(tiny_model, tokenizer, [])
     with pytest.raises(LiftError):
         generate_completions(tiny_model, tokenizer, ["a"], max_new_tokens=0)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(tiny_model):
+    tok = build_tokenizer()
+    reference = generate_completions(tiny_model, tok, ["ab", "abcd"], max_new_tokens=3)
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    assert generate_completions(tiny_model, tok, ["ab", "abcd"], max_new_tokens=3) == reference
+    assert tok.pad_token is None
