@@ -53,9 +53,20 @@ def _rows_with(metrics: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def _x_range(fig: go.Figure, steps: int | None) -> None:
-    # A fixed x range keeps the charts of one run lined up while it is still growing.
+    # A fixed x range keeps the charts of one run lined up while it is still growing (with a
+    # margin, so the step-0 markers are not cut in half).
     if steps:
-        fig.update_xaxes(range=[0, steps * 1.02])
+        fig.update_xaxes(range=[-0.02 * steps, steps * 1.02])
+
+
+def _side_legend(fig: go.Figure) -> None:
+    # Many runs: a vertical legend right of the plot, clear of the title and subplot titles.
+    fig.update_layout(legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02))
+
+
+def _empty_note(fig: go.Figure, text: str) -> None:
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font=dict(size=13, color="#888888"))
 
 
 def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.1,
@@ -83,7 +94,12 @@ def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="loss (log)" if log_y else "loss", type="log" if log_y else "linear")
     _x_range(fig, steps)
-    return _layout(fig, "Training loss")
+    if rows.empty:
+        _empty_note(fig, "no training step yet")
+    fig = _layout(fig, "Training loss")
+    if len(fig.data) > 3:
+        _side_legend(fig)
+    return fig
 
 
 def accuracy_figure(metrics: pd.DataFrame, *, steps: int | None = None,
@@ -111,7 +127,7 @@ def accuracy_figure(metrics: pd.DataFrame, *, steps: int | None = None,
     fig.update_xaxes(title="step", row=2, col=1)
     _x_range(fig, steps)
     fig = _layout(fig, title, height=520)
-    fig.update_layout(margin=dict(t=80))
+    _side_legend(fig)
     return fig
 
 
@@ -126,7 +142,12 @@ def churn_figure(metrics: pd.DataFrame, *, steps: int | None = None) -> go.Figur
     fig.update_xaxes(title="step of the mask refresh")
     fig.update_yaxes(title="mask entries changed %", rangemode="tozero")
     _x_range(fig, steps)
-    return _layout(fig, "Mask churn at each refresh", height=320)
+    if rows.empty:
+        _empty_note(fig, "no mask refresh yet")
+    fig = _layout(fig, "Mask churn at each refresh", height=320)
+    if len(fig.data) > 3:
+        _side_legend(fig)
+    return fig
 
 
 def tradeoff_figure(points: pd.DataFrame, *, title: str = "Accuracy vs forgetting") -> go.Figure:
@@ -174,8 +195,7 @@ def memory_figure(table: pd.DataFrame) -> go.Figure:
                          hovertemplate="%{x}: %{y:,} numbers<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=names, y=table["optimizer_state_bytes"] / 1024, marker_color=colors,
                          showlegend=False, hovertemplate="%{x}: %{y:,.0f} KiB<extra></extra>"), row=1, col=2)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_yaxes(rangemode="tozero")
     fig = _layout(fig, "What each method trains and stores", height=340)
     fig.update_layout(margin=dict(t=80))
     return fig

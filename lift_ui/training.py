@@ -264,7 +264,9 @@ def job_panel(kinds: tuple[str, ...], *, key: str) -> None:
         with st.spinner("Stopping after the current step…"):
             mgr.stop()
         st.rerun()
-    cols[1].caption(f"`{command_text(job.argv[3:])}`" if job.argv[1:3] == ["-m", "lift_core"] else job.command_line)
+    with cols[1].expander("Command line of this job"):
+        st.code(command_text(job.argv[3:]) if job.argv[1:3] == ["-m", "lift_core"] else job.command_line,
+                language="bash", wrap_lines=True)
     _live(job, alive, key)
 
 
@@ -417,7 +419,7 @@ def records_for(table: pd.DataFrame) -> dict[str, RunRecord]:
 
 # The live demo: LIFT on the built-in model, short enough to finish in about a minute on a
 # CPU laptop (measured: docs/studio.md), with enough evaluations to draw the curves.
-DEMO = TrainSettings(method="lift", steps=150, eval_every=25, eval_limit=40, update_interval=50)
+DEMO = TrainSettings(method="lift", steps=300, eval_every=50, eval_limit=60)
 
 
 def demo_settings() -> TrainSettings:

@@ -40,10 +40,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @contextmanager
-def streamlit_server(timeout: float = 60.0):
-    """Yield the base URL of a headless streamlit server running app.py; terminate it after."""
+def streamlit_server(timeout: float = 60.0, env: dict | None = None):
+    """Yield the base URL of a headless streamlit server running app.py; terminate it after.
+
+    ``env`` adds variables for the server (e.g. LIFT_RUNS_DIR, so launched runs go to a temp dir).
+    """
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]

@@ -1,8 +1,10 @@
-"""Browser smoke test: every explorer page renders in headless Chromium without an error.
+"""Browser smoke test: every page renders in headless Chromium without an error.
 
 Starts `streamlit run app.py` on a free port, opens each page, waits for its plotly charts,
 fails on a Streamlit exception or error box, and saves full-page screenshots to
-$LIFT_SCREENSHOTS (or a pytest temp dir) for a human to look at.
+$LIFT_SCREENSHOTS (or a pytest temp dir) for a human to look at. The training pages read
+the shipped sample runs when they exist (else a synthetic set), launch into a temp runs
+folder, and the workshop's live demo is started, watched until its charts update, and stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from lift_core.jobs import JobManager
+from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, REPO, streamlit_server
+from tests.fake_runs import write_sample_set
 
 pytestmark = pytest.mark.browser
 
@@ -24,6 +28,9 @@ PAGES = [
     ("", "home", 0),
     ("principal_weights", "principal_weights", 6),
     ("overlap", "overlap", 3),
+    ("finetune", "finetune", 0),
+    ("runs", "runs", 3),
+    ("workshop", "workshop", 4),
 ]
 # Something every page draws once its script has run past the sidebar.
 LAST_ELEMENT = {
@@ -31,6 +38,9 @@ LAST_ELEMENT = {
     "spectrum": '[data-testid="stExpander"]',
     "principal_weights": '[data-testid="stMetric"]',
     "overlap": '[data-testid="stButton"]',
+    "finetune": '[data-testid="stCode"]',
+    "runs": '[data-testid="stDownloadButton"]',
+    "workshop": '[data-testid="stCode"]',
 }
 RENDER_TIMEOUT_MS = 90_000
 
@@ -47,9 +57,18 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server():
-    with streamlit_server() as url:
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def server(runs_dir, tmp_path_factory):
+    env = {"LIFT_RUNS_DIR": str(runs_dir)}
+    if not any((REPO / "sample_runs").glob("*/summary.json")):
+        env["LIFT_SAMPLE_RUNS"] = str(write_sample_set(tmp_path_factory.mktemp("samples")))
+    with streamlit_server(env=env) as url:
         yield url
+    JobManager(runs_dir).stop(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +91,8 @@ def _wait_rendered(page, charts: int, selector: str = '[data-testid="stSidebar"]
 
 def _assert_app_navigation(page, name: str) -> None:
     nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
-    assert "Overview" in nav and "Principal weights" in nav, f"{name}: not app.py's navigation: {nav!r}"
+    assert "Overview" in nav and "Principal weights" in nav and "Workshop" in nav, \
+        f"{name}: not app.py's navigation: {nav!r}"
 
 
 def _assert_no_errors(page, name: str) -> None:
@@ -107,5 +127,29 @@ def test_page_renders(browser, server, shots, path, name, charts):
             _wait_rendered(page, 4, '[data-testid="stDownloadButton"]')
             _assert_no_errors(page, name)
         _screenshot(page, shots / f"{name}.png")
+        if name == "workshop":
+            _live_demo(page, shots)
     finally:
         page.close()
+
+
+def _live_demo(page, shots: Path) -> None:
+    """Start the demo, let the polling fragment draw a few updates, screenshot, stop."""
+    before = page.locator(".js-plotly-plot").count()
+    page.get_by_role("button", name="Start the live demo").click()
+    page.wait_for_selector('[data-testid="stProgress"]', timeout=RENDER_TIMEOUT_MS)
+    # Three more charts (loss, churn, accuracy) once the record has its first rows, then wait
+    # for the fragment's polling to move the step counter on.
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {before + 3}",
+                           timeout=RENDER_TIMEOUT_MS)
+    page.wait_for_function(
+        "[...document.querySelectorAll('[data-testid=\"stProgress\"]')].some("
+        "e => /step ([3-9]\\d|\\d{3})\\//.test(e.innerText))", timeout=RENDER_TIMEOUT_MS)
+    _assert_no_errors(page, "workshop live demo")
+    # Between two polls, so the screenshot does not catch the fragment's faded re-render.
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=RENDER_TIMEOUT_MS)
+    _screenshot(page, shots / "workshop_live.png")
+    page.get_by_role("button", name="Stop").click()
+    page.wait_for_selector('[data-testid="stAlertContentWarning"]', timeout=RENDER_TIMEOUT_MS)
+    _assert_no_errors(page, "workshop after stop")
+    _screenshot(page, shots / "workshop_stopped.png")

@@ -34,7 +34,7 @@ def test_loss_figure_raw_and_ema_for_one_run_log_toggle(samples):
     fig = figs.loss_figure(data, steps=60)
     assert [t.name for t in fig.data] == ["lift-seed0 (raw)", "lift-seed0 (EMA)"]
     assert len(fig.data[0].x) == 60  # step 0 has no loss
-    assert fig.layout.yaxis.type == "linear" and list(fig.layout.xaxis.range) == [0, 60 * 1.02]
+    assert fig.layout.yaxis.type == "linear" and list(fig.layout.xaxis.range) == [-0.02 * 60, 60 * 1.02]
     assert figs.loss_figure(data, log_y=True).layout.yaxis.type == "log"
 
 
@@ -70,6 +70,9 @@ def test_churn_figure_only_has_refresh_steps(samples):
     data = run_data.long_metrics(_records(samples, ["lift-seed0", "full-seed0"]))
     fig = figs.churn_figure(data)
     assert len(fig.data) == 1 and list(fig.data[0].x) == [20, 40, 60]
+    assert not fig.layout.annotations
+    empty = figs.churn_figure(data[data["step"] < 20], steps=60)  # before the first refresh
+    assert not empty.data and "no mask refresh yet" in empty.layout.annotations[0].text
 
 
 def test_tradeoff_figure_one_point_per_method_with_error_bars(samples):
