@@ -1,6 +1,6 @@
 """The built-in tiny Llama: its character tokenizer, its pretraining recipe, its shipped files.
 
-LIFT Studio ships a ~0.9M-parameter Llama (``lift_core/builtin/``) pretrained here, by the
+LIFT Studio ships a 0.83M-parameter Llama (``lift_core/builtin/``) pretrained here, by the
 deterministic recipe below, on the source domain of :mod:`lift_core.tasks`. It knows that
 domain (>= 90% held-out accuracy) and not the target task, so fine-tuning it shows both
 learning and forgetting in about a minute on a CPU. The directory is a standard Hugging Face
