@@ -259,12 +259,14 @@ def job_panel(kinds: tuple[str, ...], *, key: str) -> None:
         job = last
     alive = job.is_alive()
     st.subheader(("Running: " if alive else "Last job: ") + job.label)
-    cols = st.columns([1, 5])
-    if alive and cols[0].button("Stop", key=f"{key}_stop", icon=":material/stop:"):
-        with st.spinner("Stopping after the current step…"):
-            mgr.stop()
-        st.rerun()
-    with cols[1].expander("Command line of this job"):
+    where = st
+    if alive:
+        stop_col, where = st.columns([1, 5])
+        if stop_col.button("Stop", key=f"{key}_stop", icon=":material/stop:"):
+            with st.spinner("Stopping after the current step…"):
+                mgr.stop()
+            st.rerun()
+    with where.expander("Command line of this job"):
         st.code(command_text(job.argv[3:]) if job.argv[1:3] == ["-m", "lift_core"] else job.command_line,
                 language="bash", wrap_lines=True)
     _live(job, alive, key)
