@@ -1,0 +1,208 @@
+"""Step time of lift, full and lora as the model grows, with the fitted log-log exponent.
+
+Llamas built from configs at hidden 256, 512 and 1024 (MLP 2.75x hidden, 64-wide heads,
+vocab 8192, the same depth), random init. The budget keeps the paper's density: LoRA rank
+= hidden / 32 (6.25% of each attention matrix, 4.3% of each MLP matrix), filter rank equal.
+At each size the three methods are set up by ``lift_core.methods.setup_method`` and step
+in interleaved rounds (the trainer's step, as in bench_memory). The exponent a of
+time ~ hidden^a is a least-squares fit on log-log axes.
+
+Run: ``python -m bench.bench_model_scaling [--quick]``; writes
+bench/results/model_scaling.json and the plot docs/img/step_scaling.(png|svg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+
+from bench.bench_memory import build_model, make_batch, set_up, train_step
+from bench.common import (REPO, RESULTS_DIR, Clock, fit_power_law, machine, markdown_table,
+                          median, use_one_thread, write_json)
+
+RESULTS = RESULTS_DIR / "model_scaling.json"
+IMAGE = REPO / "docs" / "img" / "step_scaling"
+METHODS = ("full", "lift", "lora")
+HIDDENS = (256, 512, 1024)
+VOCAB = 8192
+SIZES = {
+    "full": {"layers": 2, "batch": 4, "seq": 128, "rounds": 5},
+    "quick": {"layers": 1, "batch": 2, "seq": 128, "rounds": 3},
+}
+NOT_RUN = "not run (no GPU in this session)"
+
+
+def shape_for(hidden: int) -> dict:
+    """Config numbers of the model at ``hidden``: MLP 2.75x (to 64), 64-wide heads."""
+    return {"intermediate": 64 * round(2.75 * hidden / 64), "vocab": VOCAB,
+            "heads": hidden // 64}
+
+
+def time_size(hidden: int, size: dict, device) -> dict:
+    """Median step seconds of each method at one model size (rounds interleaved)."""
+    clock = Clock(device)
+    rank = hidden // 32
+    batch = make_batch(VOCAB, size["batch"], size["seq"], device)
+    setups = {}
+    for method in METHODS:
+        model = build_model(hidden, size["layers"], **shape_for(hidden))
+        setups[method] = set_up(model, method, device, rank, rank)
+        train_step(setups[method], batch, device)  # warm-up
+    block = sum(row["shape"][0] * row["shape"][1] for row in setups["full"].layers)
+    samples = {m: [] for m in METHODS}
+    for _ in range(size["rounds"]):
+        for method in METHODS:
+            samples[method].append(clock(lambda m=method: train_step(setups[m], batch, device)))
+    kind = "cpu" if device.type == "cpu" else "wall"
+    row = {"hidden": hidden, "lora_rank": rank, "block_linear_params": block,
+           "trainable": {m: setups[m].trainable_params for m in METHODS}}
+    for method in METHODS:
+        row[f"{method}_s"] = median(s[kind] for s in samples[method])
+        row[f"{method}_wall_s"] = median(s["wall"] for s in samples[method])
+        row[f"{method}_vs_full"] = row[f"{method}_s"] / median(s[kind] for s in samples["full"])
+    return row
+
+
+def fits(rows: list[dict]) -> dict:
+    """Exponent of step time vs hidden size, per method."""
+    return {m: fit_power_law([r["hidden"] for r in rows], [r[f"{m}_s"] for r in rows])[0]
+            for m in METHODS}
+
+
+def run(quick: bool = False) -> dict:
+    """Time every size on CPU (and CUDA when present); write the JSON and the plot."""
+    info = machine()
+    use_one_thread()
+    mode = "quick" if quick else "full"
+    size = SIZES[mode]
+    report = {"machine": info, "mode": mode, "sizes": size, "hiddens": list(HIDDENS),
+              "methods": list(METHODS), "threads": 1, "results": {}}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for name in devices:
+        rows = [time_size(h, size, torch.device(name)) for h in HIDDENS]
+        report["results"][name] = {"rows": rows, "exponents": fits(rows),
+                                   "clock": "CPU time, 1 thread" if name == "cpu"
+                                   else "CUDA events"}
+    report["plot"] = plot(report)
+    write_json(RESULTS, report)
+    return report
+
+
+# --- the plot: matplotlib when installed, else a small hand-written SVG ----------------------
+
+COLOURS = {"full": "#d62728", "lift": "#1f77b4", "lora": "#2ca02c"}
+
+
+def plot(report: dict) -> str:
+    """Write docs/img/step_scaling.png (matplotlib) or .svg; returns the path from docs/."""
+    result = report["results"]["cpu"]
+    series = {m: [(r["hidden"], r[f"{m}_s"]) for r in result["rows"]] for m in METHODS}
+    IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        path = IMAGE.with_suffix(".svg")
+        path.write_text(_svg(series, result["exponents"]))
+        return f"img/{path.name}"
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m, points in series.items():
+        ax.loglog(*zip(*points), "o-", color=COLOURS[m],
+                  label=f"{m} (slope {result['exponents'][m]:.2f})")
+    ax.set_xlabel("hidden size")
+    ax.set_ylabel("seconds per step (CPU, 1 thread)")
+    ax.legend()
+    fig.tight_layout()
+    path = IMAGE.with_suffix(".png")
+    fig.savefig(path, dpi=120)
+    return f"img/{path.name}"
+
+
+def _svg(series: dict, exponents: dict, width: int = 520, height: int = 340) -> str:
+    """A log-log line chart as plain SVG: one polyline per method, labelled axes."""
+    left, right, top, bottom = 70, 150, 20, 50
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts]
+    lx0, lx1 = math.log(min(xs)) - 0.1, math.log(max(xs)) + 0.1
+    ly0, ly1 = math.log(min(ys)) - 0.2, math.log(max(ys)) + 0.2
+
+    def px(x: float) -> float:
+        return left + (math.log(x) - lx0) / (lx1 - lx0) * (width - left - right)
+
+    def py(y: float) -> float:
+        return height - bottom - (math.log(y) - ly0) / (ly1 - ly0) * (height - top - bottom)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" '
+           'stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>']
+    for x in sorted(set(xs)):
+        out.append(f'<text x="{px(x):.0f}" y="{height - bottom + 16}" text-anchor="middle">{x}</text>')
+    for y in _log_ticks(math.exp(ly0), math.exp(ly1)):
+        out.append(f'<line x1="{left - 4}" y1="{py(y):.0f}" x2="{left}" y2="{py(y):.0f}" stroke="black"/>')
+        out.append(f'<text x="{left - 6}" y="{py(y) + 4:.0f}" text-anchor="end">{y:g}</text>')
+    out.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 12}" '
+               'text-anchor="middle">hidden size (log)</text>')
+    out.append(f'<text transform="translate(16,{(top + height - bottom) / 2:.0f}) rotate(-90)" '
+               'text-anchor="middle">seconds per step, CPU 1 thread (log)</text>')
+    for i, (method, points) in enumerate(series.items()):
+        colour = COLOURS[method]
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
+        out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colour}"/>'
+                for x, y in points]
+        ly = top + 14 + 20 * i
+        out.append(f'<line x1="{width - right + 12}" y1="{ly - 4}" x2="{width - right + 32}" '
+                   f'y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{width - right + 38}" y="{ly}">{method} (slope '
+                   f'{exponents[method]:.2f})</text>')
+    return "\n".join(out + ["</svg>"]) + "\n"
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks between low and high."""
+    ticks, decade = [], 10 ** math.floor(math.log10(low))
+    while decade <= high:
+        ticks += [m * decade for m in (1, 2, 5) if low <= m * decade <= high]
+        decade *= 10
+    return ticks
+
+
+def markdown(report: dict) -> str:
+    """The docs table: one row per size, CPU columns, GPU columns, then the exponents."""
+    cpu = report["results"]["cpu"]
+    gpu = report["results"].get("cuda")
+    headers = (["hidden", "block-linear params", "LoRA rank"]
+               + [f"{m} s/step (CPU)" for m in METHODS] + ["lift / full", "lora / full",
+                                                           "GPU ms/step full / lift / lora"])
+    rows = []
+    for i, r in enumerate(cpu["rows"]):
+        g = gpu["rows"][i] if gpu else None
+        rows.append([r["hidden"], f"{r['block_linear_params'] / 1e6:.1f}M", r["lora_rank"]]
+                    + [f"{r[f'{m}_s']:.3f}" for m in METHODS]
+                    + [f"{r['lift_vs_full']:.2f}", f"{r['lora_vs_full']:.2f}",
+                       " / ".join(f"{1e3 * g[f'{m}_s']:.1f}" for m in METHODS) if g else NOT_RUN])
+    exps = ", ".join(f"{m} {a:.2f}" for m, a in cpu["exponents"].items())
+    line = f"\n\nFitted exponent a in time ~ hidden^a (CPU): {exps}"
+    if gpu:
+        line += "; GPU: " + ", ".join(f"{m} {a:.2f}" for m, a in gpu["exponents"].items())
+    return markdown_table(headers, rows) + line + "."
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 layer, 3 rounds")
+    args = parser.parse_args(argv)
+    print(markdown(run(quick=args.quick)))
+    print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
