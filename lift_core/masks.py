@@ -26,7 +26,7 @@ from lift_core.svd import (
 # Randomized masks deepen the Krylov basis until the masks of two successive depths agree
 # this well (Jaccard, on a sample of rows); if the depth budget runs out first, exact SVD.
 RANDOMIZED_AGREEMENT = 0.999
-RANDOMIZED_FIRST_DEPTH = 2
+RANDOMIZED_FIRST_DEPTH = 3
 # Rows whose scores the convergence check looks at: about this many entries in all.
 CHECK_SAMPLE_ENTRIES = 1 << 20
 # top_k_mask pre-filters inputs this large with a threshold estimated from a sample.
