@@ -119,9 +119,12 @@ def command_text(argv: list[str]) -> str:
 def planned_dir(prefix: str, slot: str) -> Path:
     """A fresh run folder ``<runs>/<prefix>-<timestamp>``, fixed per form slot until launched."""
     key = f"_lift_planned_{slot}"
-    if key not in st.session_state:
-        st.session_state[key] = time.strftime("%Y%m%d-%H%M%S")
-    path = runs_root() / f"{prefix}-{st.session_state[key]}"
+    stamp = st.session_state.get(key) or time.strftime("%Y%m%d-%H%M%S")
+    path, n = runs_root() / f"{prefix}-{stamp}", 1
+    while path.exists():  # taken meanwhile (another tab launched in the same second)
+        n += 1
+        path = runs_root() / f"{prefix}-{stamp}-{n}"
+    st.session_state[key] = path.name.removeprefix(f"{prefix}-")
     return path
 
 
@@ -355,7 +358,8 @@ def compare_view(job: Job, key: str) -> None:
     if state.get("status") not in (None, "running") or not job.is_alive():
         _status_box(state.get("status", "running"), None, job)
     if not records:
-        st.info("Starting the first run…")
+        if job.is_alive():
+            st.info("Starting the first run…")
         return
     data = long_metrics(records)
     st.plotly_chart(figs.accuracy_figure(data, steps=steps), key=f"{key}_acc")

@@ -120,3 +120,16 @@ def test_run_live_second_launch_reload_and_stop(runs):
     assert summary["status"] == "stopped" and summary["steps_done"] >= 3
     assert JobManager(runs).active() is None
     assert any("Stopped on request" in w.value for w in at.warning)
+
+
+def test_a_job_that_fails_shows_its_log(runs):
+    at = _page(runs)
+    at.number_input(key="_w_ft_filter_rank").set_value(4000).run()  # > every matrix's rank
+    at.button(key="ft_run").click().run()
+    assert not at.exception, at.exception
+    job = JobManager(runs).last()
+    assert job is not None and _wait(lambda: not job.is_alive(), timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("failed" in e.value for e in at.error)
+    assert any("filter" in c.value.lower() for c in at.code[1:]), [c.value for c in at.code]
