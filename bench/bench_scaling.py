@@ -2,9 +2,9 @@
 
 Square power-law matrices (s_i = i^-0.5) from 256^2 to 4096^2 at filter rank = budget rank
 64. The fitted exponent is the slope of a least-squares line through log(time) vs log(n):
-an exact SVD is O(n^3), the block Krylov mask O(n^2 * r * depth). Below
-lift_core.svd.RANDOMIZED_MIN_DIM the randomized mode uses exact SVD, so its exponent is
-fitted on the sizes where Krylov actually runs. Results go to bench/results/scaling.json;
+an exact SVD is O(n^3), the block Krylov mask O(n^2 * r * depth). Where
+lift_core.svd.max_krylov_depth says Krylov does not pay off, the randomized mode uses exact
+SVD, so its exponent is fitted on the sizes where Krylov actually runs. Results go to bench/results/scaling.json;
 docs/img/mask_scaling.png is drawn when matplotlib is installed (it is not a requirement:
 without it only the plot data is written).
 
@@ -23,7 +23,7 @@ import torch
 
 from bench.bench_masks import RANK, RESULTS, compare, machine, power_law_matrix
 from lift_core.masks import lora_budget
-from lift_core.svd import RANDOMIZED_MIN_DIM
+from lift_core.svd import max_krylov_depth
 
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "mask_scaling.png"
 
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(f"{n}^2: exact {row['exact_cpu_s']:.3f} s, randomized {row['randomized_cpu_s']:.3f} s, "
               f"Jaccard {row['jaccard']:.5f}", flush=True)
-    krylov = [r for r in rows if r["n"] >= RANDOMIZED_MIN_DIM]
+    krylov = [r for r in rows if max_krylov_depth((r["n"], r["n"]), RANK) is not None]
     results = {
         "machine": machine(), "filter_rank": RANK, "budget_rank": RANK, "rows": rows,
         "exponent_exact": fit_exponent([r["n"] for r in rows], [r["exact_cpu_s"] for r in rows]),
