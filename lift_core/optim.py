@@ -76,6 +76,9 @@ class SparseAdamW(torch.optim.Optimizer):
         )
         self.free_dense_grads = bool(free_dense_grads)
         self._grad_buffers: dict[torch.Tensor, torch.Tensor] = {}
+        # Squared L2 norm of each dense gradient the hooks freed, so clipping can use the
+        # norm of the whole gradient, as a dense-gradient trainer (the authors') does.
+        self._freed_sq_norms: dict[torch.Tensor, torch.Tensor] = {}
         self._grad_hooks: list = []
         self._refresh_events: list[dict] = []
         super().__init__(params, defaults)
@@ -131,6 +134,7 @@ class SparseAdamW(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear dense gradients and the gathered masked-gradient buffers."""
         super().zero_grad(set_to_none)
+        self._freed_sq_norms.clear()
         if set_to_none:
             self._grad_buffers.clear()
         else:
@@ -156,6 +160,7 @@ class SparseAdamW(torch.optim.Optimizer):
             p = id_to_param[pid]
             self.state[p].update({k: v.to(p.device, copy=True) for k, v in tensors.items()})
         self._grad_buffers.clear()
+        self._freed_sq_norms.clear()
         masked = [p for g in self.param_groups if g["mask"] is not None for p in g["params"]]
         if any("indices" not in self.state[p] for p in masked):
             raise LiftError("the saved optimizer state has no mask for a masked parameter")
@@ -207,22 +212,31 @@ class SparseAdamW(torch.optim.Optimizer):
         """Scale all gradients this optimizer will use so their total norm is <= max_norm.
 
         Works like ``torch.nn.utils.clip_grad_norm_`` over dense ``p.grad`` tensors and
-        also over the gathered buffers of ``free_dense_grads`` (which torch cannot see);
-        there the norm covers the masked entries only, the rest having been freed.
+        also over the gathered buffers of ``free_dense_grads`` (which torch cannot see).
+        For the L2 norm, a gathered parameter contributes the norm of its whole dense
+        gradient (recorded by the hook before freeing it), so the total and the scale are
+        those torch would compute on the dense gradients: exact with one backward per step;
+        with several micro-batches the per-micro-batch norms are summed in quadrature.
+        For other norm types the masked entries alone count.
 
         Returns:
             The total norm before clipping (a 0-d tensor).
         """
-        grads = list(self._grad_buffers.values()) + [
-            p.grad for g in self.param_groups for p in g["params"] if p.grad is not None
-        ]
+        buffers = list(self._grad_buffers.values())
+        dense = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grads = buffers + dense
         if not grads:
             return torch.tensor(0.0)
         first_device = grads[0].device
-        norms = torch._foreach_norm(grads, norm_type)
-        total = torch.linalg.vector_norm(
-            torch.stack([n.to(first_device, torch.float32) for n in norms]), norm_type
-        )
+        if norm_type == 2.0 and len(self._freed_sq_norms) == len(buffers):
+            parts = [n.to(first_device) for n in self._freed_sq_norms.values()]
+            parts += [n.to(first_device, torch.float32) ** 2 for n in torch._foreach_norm(dense, 2.0)] if dense else []
+            total = torch.stack(parts).sum().sqrt()
+        else:
+            norms = torch._foreach_norm(grads, norm_type)
+            total = torch.linalg.vector_norm(
+                torch.stack([n.to(first_device, torch.float32) for n in norms]), norm_type
+            )
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         for grad in grads:
@@ -254,6 +268,9 @@ class SparseAdamW(torch.optim.Optimizer):
     def _absorb_grad(self, p: torch.Tensor) -> None:
         """Add the masked entries of a fresh dense gradient to p's buffer, then free it."""
         gathered = p.grad.reshape(-1).index_select(0, self.state[p]["indices"].long())
+        sq_norm = p.grad.float().pow(2).sum()
+        previous = self._freed_sq_norms.get(p)
+        self._freed_sq_norms[p] = sq_norm if previous is None else previous + sq_norm
         buffer = self._grad_buffers.get(p)
         if buffer is None:
             self._grad_buffers[p] = gathered.float()
@@ -316,6 +333,7 @@ class SparseAdamW(torch.optim.Optimizer):
         state["indices"] = new
         # A gathered gradient is laid out by the old mask; it cannot be reused.
         self._grad_buffers.pop(p, None)
+        self._freed_sq_norms.pop(p, None)
         return new.numel() - int(stays.sum())
 
     def _record_refresh(self, refreshed: list) -> None:
