@@ -171,6 +171,12 @@ def _pct(value) -> str:
 # --- the launch form -----------------------------------------------------------------------
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _kept(name: str, default) -> dict:
     """Widget kwargs that keep its value across page switches (Streamlit drops it otherwise)."""
     st.session_state[f"_w_ft_{name}"] = st.session_state.get(f"ft_{name}", default)
@@ -210,7 +216,8 @@ def settings_form() -> TrainSettings | None:
     mid.text_input("Learning rate", key="_w_ft_lr", on_change=_lr_typed,
                    help="Follows the method's default until you type one; clear it to go back.")
     device = right.selectbox("Device", ["auto", "cpu", "cuda"], **_kept("device", d.device),
-                             help="auto: CUDA with bf16 when a GPU is present, else CPU")
+                             help="auto: CUDA with bf16 when a GPU is present, else CPU. This machine: "
+                             + ("a CUDA GPU is available." if _cuda() else "no CUDA GPU, so auto means CPU."))
     lora_rank = left.number_input("Budget rank (LoRA-equivalent)", 1, 4096, **_kept("lora_rank", d.lora_rank),
                                   help="k = min((m+n)·rank, m·n) trained numbers per matrix")
     filter_rank = mid.number_input("Filter rank r", 1, 4096, **_kept("filter_rank", d.filter_rank),
