@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from lift_core.errors import LiftError
@@ -177,6 +178,8 @@ def run_compare(args: argparse.Namespace) -> int:
     shared["trust_remote_code"] = bool(args.trust_remote_code)
     configs = compare_configs(parse_methods(args.methods), args.out, overwrite=args.overwrite, **shared)
     hf_logging.disable_progress_bar()
+    # peft calls a transformers property that transformers 5 deprecates; not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     stop = threading.Event()
     with _stop_on_sigterm(stop):
         state = run_queue(configs, args.out, stop_event=stop, progress=not args.no_progress)
