@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import fields
 
@@ -97,6 +98,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     hf_logging.disable_progress_bar()  # keep stderr to our one bar
+    # peft calls a transformers property that transformers 5 deprecates; not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     stop = threading.Event()
     with _stop_on_sigterm(stop):
         summary = finetune(config, stop_event=stop, progress=not args.no_progress)

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/lr_sweep}
 for method in full lora lift magnitude random; do
-  for lr in 3e-4 1e-3 3e-3 1e-2; do
+  for lr in 3e-4 1e-3 3e-3 1e-2 3e-2; do
     dir="$OUT/$method-lr$lr"
     [ -f "$dir/summary.json" ] && continue
     nice python -m lift_core finetune --method "$method" --lr "$lr" --steps 300 \
