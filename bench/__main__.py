@@ -1,7 +1,7 @@
 """Run the benchmark suite and regenerate the tables in docs/benchmarks.md from its JSON.
 
     nice python -m bench                  # every benchmark, ~20 min on 2 shared cores
-    nice python -m bench --quick          # reduced sizes and repeats, ~5 min
+    nice python -m bench --quick          # reduced sizes and repeats, ~5-6 min (skips optim)
     nice python -m bench memory app       # a subset (names below)
     python -m bench --docs-only           # only rebuild the docs tables from bench/results/
 
@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import BENCH_DIR, REPO, RESULTS_DIR, load_average, markdown_table, read_json
+from bench.common import (BENCH_DIR, REPO, RESULTS_DIR, describe_machine, load_average,
+                          markdown_table, read_json)
 
 DOCS = REPO / "docs" / "benchmarks.md"
 # name -> (module, results file); the order they run in
@@ -111,6 +112,28 @@ RENDERERS = {
 }
 
 
+def _machines(results: dict) -> str:
+    """The machine in one sentence, then when each benchmark last ran and under what load."""
+    info = next((r["machine"] for r in results.values() if "cpu" in r.get("machine", {})
+                 and "memory_gb" in r["machine"]), None)
+    rows = []
+    for name, r in results.items():
+        m = r.get("machine") or {}
+        load = (m.get("load_average_start") or [r.get("load_average_1min")])[0]
+        mode = r.get("mode") or ("quick" if r.get("quick") else "full" if "quick" in r
+                                 or not takes_quick(BENCHMARKS[name][0]) else "(not recorded)")
+        rows.append([name, m.get("date_utc", "(not recorded)"), mode,
+                     f"{load:.1f}" if load is not None else "?"])
+    loads = [float(row[3]) for row in rows if row[3] != "?"]
+    busy = bool(info and loads and max(loads) > 0.5 * (info["logical_cpus"] or 1))
+    head = (f"Machine: {describe_machine({**info, 'load_average_start': None})}. "
+            f"{'Shared with other jobs: ' if busy else ''}"
+            f"load average {min(loads):.1f}-{max(loads):.1f} on {info['logical_cpus']} cores "
+            "at the starts of the benchmarks.\n\n" if info else "")
+    return head + markdown_table(["benchmark", "last run (UTC)", "mode",
+                                  "load average (1 min) at its start"], rows)
+
+
 def _targets(results: dict) -> str:
     """The benchmark issue's targets, checked against the JSON of the last runs."""
     rows = []
@@ -160,7 +183,8 @@ def update_docs(docs: Path, results_dir: Path) -> list[str]:
     Returns the names with no results file (their blocks say so).
     """
     results = {name: read_json(results_dir / file) for name, (_, file) in BENCHMARKS.items()}
-    blocks = {"targets": _targets({k: v for k, v in results.items() if v})}
+    found = {k: v for k, v in results.items() if v}
+    blocks = {"targets": _targets(found), "machine": _machines(found)}
     for name, report in results.items():
         if report is None:
             blocks[name] = f"_No results yet: run `python -m bench {name}`._"
@@ -192,13 +216,19 @@ def main(argv=None) -> int:
     runs = []
     if not args.docs_only:
         for name in args.names or BENCHMARKS:
+            if args.quick and not args.names and not takes_quick(BENCHMARKS[name][0]):
+                # bench_optim has no reduced mode (~2.5 min); --quick keeps to ~5 min
+                print(f"== {name}: skipped by --quick (no reduced mode; run "
+                      f"`python -m bench {name}`)", flush=True)
+                runs.append({"name": name, "status": "skipped (--quick)", "seconds": 0.0})
+                continue
             runs.append(run_benchmark(name, args.quick))
     missing = update_docs(DOCS, RESULTS_DIR)
     print(f"updated {DOCS.relative_to(REPO)}" + (f" (no results yet: {', '.join(missing)})"
                                                  if missing else ""))
     for run in runs:
         print(f"  {run['name']:<14} {run['status']:<20} {run['seconds']:6.0f} s")
-    return 0 if all(r["status"] in ("ok", "missing") for r in runs) else 1
+    return 0 if all(not r["status"].startswith("failed") for r in runs) else 1
 
 
 if __name__ == "__main__":
