@@ -15,7 +15,7 @@ import torch
 
 from lift_core.errors import LiftError
 from lift_core.svd import (
-    SVD_MODES,
+    SVD_MODES,  # noqa: F401 - re-exported for callers that import it from here
     as_float_matrix,
     check_filter_rank,
     check_svd_mode,
