@@ -18,6 +18,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from lift_core.jobs import JobManager
+from lift_core.methods import default_lr
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 120
@@ -66,14 +67,15 @@ def _training_steps(run_dir: Path) -> int:
 def test_learning_rate_follows_the_method_until_typed(runs):
     at = _page(runs)
     lr = lambda: at.text_input(key="_w_ft_lr").value
-    assert lr() == "0.002"
+    assert lr() == f"{default_lr('lift'):g}"
     at.selectbox(key="_w_ft_method").set_value("full").run()
-    assert lr() == "0.0005" and "--method full --lr 0.0005" in at.code[0].value
+    full = f"{default_lr('full'):g}"
+    assert lr() == full and f"--method full --lr {full}" in at.code[0].value
     at.text_input(key="_w_ft_lr").set_value("3e-4").run()
     at.selectbox(key="_w_ft_method").set_value("lora").run()
     assert lr() == "3e-4" and "--lr 0.0003" in at.code[0].value  # typed: kept
     at.text_input(key="_w_ft_lr").set_value("").run()  # cleared: back to the default
-    assert lr() == "0.002"
+    assert lr() == f"{default_lr('lora'):g}"
 
 
 def test_encoder_only_model_gets_the_cores_message(runs):
