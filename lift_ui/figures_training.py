@@ -159,7 +159,9 @@ def tradeoff_figure(points: pd.DataFrame, *, title: str = "Accuracy vs forgettin
             and ``runs`` (number of runs averaged, shown in the hover text).
     """
     fig = go.Figure()
-    for point in points.itertuples(index=False):
+    # Alternate the label side, so two methods at nearly the same spot stay readable.
+    sides = ("top center", "bottom center", "middle right", "middle left")
+    for i, point in enumerate(points.itertuples(index=False)):
         p = point._asdict()
         if p.get("forgetting") is None or p.get("target_acc") is None or pd.isna(p["forgetting"]) or pd.isna(p["target_acc"]):
             continue
@@ -170,7 +172,7 @@ def tradeoff_figure(points: pd.DataFrame, *, title: str = "Accuracy vs forgettin
         runs = f"<br>{int(p['runs'])} runs, mean ± std" if p.get("runs") and p["runs"] > 1 else ""
         fig.add_trace(go.Scatter(
             x=[100 * p["forgetting"]], y=[100 * p["target_acc"]], mode="markers+text",
-            name=p["label"], text=[p["label"]], textposition="top center",
+            name=p["label"], text=[p["label"]], textposition=sides[i % len(sides)],
             marker=dict(size=14, color=method_color(p["method"]), line=dict(color="white", width=1)),
             hovertemplate=f"{p['label']}: forgetting %{{x:.1f}} pt, target %{{y:.1f}}%{runs}<extra></extra>",
             **err))

@@ -153,9 +153,13 @@ def workshop_findings(points: pd.DataFrame) -> dict[str, str]:
         best = max(acc, key=lambda m: acc[m][0])
         before = _mean(points, best, "target_acc_before")
         listing = ", ".join(f"{names[m]} {_fmt(acc[m], runs[m])}" for m in acc)
+        close = [names[m] for m in acc if m != best
+                 and acc[best][0] - acc[m][0] <= max(acc[best][1], acc[m][1])]
+        verdict = (f"Highest mean: {names[best]}, with {', '.join(close)} within one standard deviation of it."
+                   if close else f"Highest here: {names[best]}.")
         out["accuracy"] = (f"Target accuracy after training (mean ± std over seeds): {listing}"
                            + (f", from {100 * before[0]:.1f}% before training" if before else "")
-                           + f". Highest here: {names[best]}.")
+                           + f". {verdict}")
     if "lift" in forget:
         parts = [f"{_versus(forget['lift'], forget[m], 'more than', 'less than', 'points')} {names[m]}"
                  for m in ("full", "lora") if m in forget]

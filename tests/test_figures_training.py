@@ -139,5 +139,9 @@ def test_workshop_findings_are_computed_from_the_runs(samples):
     flipped = points.copy()
     flipped.loc[flipped["method"] == "lift", "forgetting_mean"] = 0.9
     assert "more than full FT" in run_data.workshop_findings(flipped)["forgetting"]
+    assert "Highest here: full FT." in facts["accuracy"]
+    noisy = points.copy()
+    noisy["target_acc_std"] = 0.05  # every gap to full FT is now within one std
+    assert "within one standard deviation of it" in run_data.workshop_findings(noisy)["accuracy"]
     only_lora = points[points["method"] == "lora"]
     assert set(run_data.workshop_findings(only_lora)) == {"accuracy"}
