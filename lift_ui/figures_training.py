@@ -49,7 +49,8 @@ def _styles(metrics: pd.DataFrame) -> dict[str, dict]:
 def _rows_with(metrics: pd.DataFrame, column: str) -> pd.DataFrame:
     if column not in metrics:
         return metrics.iloc[0:0]
-    return metrics[metrics[column].notna()].sort_values("step")
+    # A stable sort keeps the runs in the order given, so legends follow the caller's order.
+    return metrics[metrics[column].notna()].sort_values("step", kind="stable")
 
 
 def _x_range(fig: go.Figure, steps: int | None) -> None:
@@ -97,7 +98,9 @@ def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.
     if rows.empty:
         _empty_note(fig, "no training step yet")
     fig = _layout(fig, "Training loss")
-    if len(fig.data) > 3:
+    if len(fig.data) > 6:  # too many for a half-width chart: names stay in the hover text
+        fig.update_layout(showlegend=False)
+    elif len(fig.data) > 3:
         _side_legend(fig)
     return fig
 

@@ -35,6 +35,7 @@ st.plotly_chart(figs.accuracy_figure(data), key="runs_acc")
 left, right = st.columns(2)
 log_y = left.toggle("Log-scale loss", value=True, key="runs_log")
 left.plotly_chart(figs.loss_figure(data, log_y=log_y, raw=False), key="runs_loss")
+left.caption("EMA-smoothed; colours and dashes as in the accuracy chart (hover for the run).")
 points = run_data.method_points(shown)
 right.plotly_chart(figs.tradeoff_figure(points, title="Accuracy vs forgetting (mean ± std per method)"),
                    key="runs_tradeoff")

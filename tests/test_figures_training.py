@@ -145,3 +145,12 @@ def test_workshop_findings_are_computed_from_the_runs(samples):
     assert "within one standard deviation of it" in run_data.workshop_findings(noisy)["accuracy"]
     only_lora = points[points["method"] == "lora"]
     assert set(run_data.workshop_findings(only_lora)) == {"accuracy"}
+
+
+def test_legends_keep_the_given_order_and_crowded_loss_hides_its_legend(samples):
+    names = [f"{m}-seed{s}" for m in ("random", "full", "lift", "lora") for s in (0, 1)]
+    data = run_data.long_metrics(_records(samples, names))
+    acc = figs.accuracy_figure(data)
+    assert [t.name for t in acc.data if t.yaxis == "y"] == names
+    assert figs.loss_figure(data).layout.showlegend is False  # 8 runs
+    assert figs.loss_figure(data[data["label"].isin(names[:2])]).layout.showlegend is not False
