@@ -126,7 +126,8 @@ def accuracy_figure(metrics: pd.DataFrame, *, steps: int | None = None,
                 x=run["step"], y=100 * run[column], mode="lines+markers", name=label,
                 legendgroup=label, showlegend=row == 1, error_y=errors,
                 line=dict(width=2, **styles[label]), marker=dict(size=6)), row=row, col=1)
-        fig.update_yaxes(title="accuracy %", rangemode="tozero", row=row, col=1)
+        # Fixed 0-100: the scale does not jump as a run's first evaluations come in.
+        fig.update_yaxes(title="accuracy %", range=[-2, 102], row=row, col=1)
     fig.update_xaxes(title="step", row=2, col=1)
     _x_range(fig, steps)
     fig = _layout(fig, title, height=520)

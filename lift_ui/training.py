@@ -334,10 +334,11 @@ def run_view(job: Job, key: str) -> None:
         c[1].metric("Optimizer state" + ("" if exact else " (est.)"), f"{state_bytes / 2**10:,.0f} KiB")
     if len(evals):
         first, last = evals.iloc[0], evals.iloc[-1]
-        c[2].metric("Target accuracy", _pct(last["target_acc"]),
-                    f"{100 * (last['target_acc'] - first['target_acc']):+.1f} pt", help=f"at step {int(last['step'])}")
-        c[3].metric("Source accuracy", _pct(last["source_acc"]),
-                    f"{100 * (last['source_acc'] - first['source_acc']):+.1f} pt", help=f"at step {int(last['step'])}")
+        for col, name in ((c[2], "target"), (c[3], "source")):
+            change = last[f"{name}_acc"] - first[f"{name}_acc"]
+            col.metric(f"{name.capitalize()} accuracy", _pct(last[f"{name}_acc"]),
+                       f"{100 * change:+.1f} pt since step 0" if len(evals) > 1 else None,
+                       help=f"at step {int(last['step'])}")
     data = long_metrics({record.config.get("method", "run"): record})
     log_y = st.toggle("Log-scale loss", key=f"{key}_log")
     left, right = st.columns(2)
