@@ -135,3 +135,28 @@ def test_a_job_that_fails_shows_its_log(runs):
     assert not at.exception, at.exception
     assert any("failed" in e.value for e in at.error)
     assert any("filter" in c.value.lower() for c in at.code[1:]), [c.value for c in at.code]
+
+
+def test_compare_all_runs_as_one_job_and_stops_cleanly(runs):
+    at = _page(runs)
+    at.number_input(key="_w_ft_steps").set_value(2000).run()
+    at.number_input(key="_w_ft_eval_every").set_value(1000).run()
+    at.number_input(key="_w_ft_eval_limit").set_value(8).run()
+    at.multiselect(key="ft_compare_methods").set_value(["lora", "lift"]).run()
+    command = at.code[1].value
+    assert command.startswith("python -m lift_core compare --methods lora,lift") and "--lr" not in command
+    at.button(key="ft_compare").click().run()
+    assert not at.exception, at.exception
+    job = JobManager(runs).active()
+    assert job is not None and job.extra["kind"] == "compare" and job.argv[3:] == command.split()[3:]
+    out = Path(job.run_dirs[0]).parent
+    assert [Path(d).name for d in job.run_dirs] == ["lora", "lift"]
+    assert _wait(lambda: _training_steps(out / "lora") >= 3), JobManager(runs).last().log_tail()
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 3  # accuracy overlay, loss overlay, trade-off
+    at.button(key="ft_live_stop").click().run()
+    assert not at.exception, at.exception
+    state = json.loads((out / "compare.json").read_text())
+    assert [r["status"] for r in state["runs"]] == ["stopped", "not started"]
+    assert any("lora: stopped" in p.proto.text for p in at.get("progress"))
