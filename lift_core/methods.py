@@ -141,22 +141,16 @@ def setup_method(
     if method == "lora":
         transposed = any(layer.transposed for layer in list_linear_layers(model, blocks_only=True))
         model, params = _wrap_lora(model, names, lora_rank, fan_in_fan_out=transposed)
-        groups = [{"params": params}]
-        trainable = sum(p.numel() for p in params)
+        groups, trainable = [{"params": params}], sum(p.numel() for p in params)
     else:
-        weights = [model.get_submodule(name).weight for name in names]
-        for weight in weights:
-            weight.requires_grad_(True)
-        if method == "full":
-            groups = [{"params": weights}]
-        else:
+        weights = [model.get_submodule(name).weight.requires_grad_(True) for name in names]
+        mask_settings = {"mask": method, "lora_rank": lora_rank, "filter_rank": filter_rank,
+                         "update_interval": update_interval, "svd": svd, "seed": seed}
+        groups = [{"params": weights}] if method == "full" else [
             # One group per matrix, named, so refresh events can say which matrix churned.
-            groups = [
-                {"params": [w], "param_names": [name], "mask": method, "lora_rank": lora_rank,
-                 "filter_rank": filter_rank, "update_interval": update_interval, "svd": svd,
-                 "seed": seed}
-                for w, name in zip(weights, names)
-            ]
+            {"params": [w], "param_names": [name], **mask_settings}
+            for w, name in zip(weights, names)
+        ]
         trainable = sum(row["k"] for row in rows)
     # Sparse methods gather their masked gradients during backward and free the dense
     # ones: part of LIFT's memory saving. Dense methods need the full gradients anyway.
