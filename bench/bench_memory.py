@@ -118,7 +118,8 @@ def _summarise(phases: dict) -> dict:
     for kind in ("cpu", "wall"):
         if phases["forward"][0][kind] is None:
             continue
-        per_round = [sum(p[i][kind] for p in phases.values()) for i in range(len(phases["forward"]))]
+        rounds = range(len(phases["forward"]))
+        per_round = [sum(p[i][kind] for p in phases.values()) for i in rounds]
         out[f"step_{kind}_s"] = median(per_round)
         out[f"step_{kind}_samples_s"] = per_round
         for name, samples in phases.items():

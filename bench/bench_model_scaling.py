@@ -146,9 +146,11 @@ def _svg(series: dict, exponents: dict, width: int = 520, height: int = 340) -> 
            'stroke="black"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>']
     for x in sorted(set(xs)):
-        out.append(f'<text x="{px(x):.0f}" y="{height - bottom + 16}" text-anchor="middle">{x}</text>')
+        out.append(f'<text x="{px(x):.0f}" y="{height - bottom + 16}" '
+                   f'text-anchor="middle">{x}</text>')
     for y in _log_ticks(math.exp(ly0), math.exp(ly1)):
-        out.append(f'<line x1="{left - 4}" y1="{py(y):.0f}" x2="{left}" y2="{py(y):.0f}" stroke="black"/>')
+        out.append(f'<line x1="{left - 4}" y1="{py(y):.0f}" x2="{left}" y2="{py(y):.0f}" '
+                   'stroke="black"/>')
         out.append(f'<text x="{left - 6}" y="{py(y) + 4:.0f}" text-anchor="end">{y:g}</text>')
     out.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 12}" '
                'text-anchor="middle">hidden size (log)</text>')
