@@ -20,14 +20,14 @@ import warnings
 from pathlib import Path
 
 from lift_core.errors import LiftError
-from lift_core.finetune_cli import _OPTIONS, _stop_on_sigterm
+from lift_core.finetune_cli import FINETUNE_OPTIONS, stop_on_sigterm
 from lift_core.methods import METHODS
 
 DEFAULT_METHODS = ("lift", "full", "lora", "magnitude", "random")
 COMPARE_FILE = "compare.json"
 COMPARE_FORMAT = "lift-compare/1"
 # Options of `finetune` that `compare` shares: all but --lr (each method keeps its default).
-_SHARED = [opt for opt in _OPTIONS if opt[0] != "--lr"]
+_SHARED = [opt for opt in FINETUNE_OPTIONS if opt[0] != "--lr"]
 
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
@@ -181,7 +181,7 @@ def run_compare(args: argparse.Namespace) -> int:
     # peft calls a transformers property that transformers 5 deprecates; not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     stop = threading.Event()
-    with _stop_on_sigterm(stop):
+    with stop_on_sigterm(stop):
         state = run_queue(configs, args.out, stop_event=stop, progress=not args.no_progress)
     print(summary_text(state))
     if state["status"] != "completed":

@@ -19,7 +19,7 @@ from dataclasses import fields
 from lift_core.methods import METHODS
 
 # CLI option -> FinetuneConfig field, for the options whose names differ only by dashes.
-_OPTIONS = [
+FINETUNE_OPTIONS = [
     ("--model", str, "embedded name (builtin), local model directory or hub id of a causal LM "
                      "(default: builtin)"),
     ("--steps", int, "optimizer steps"),
@@ -52,7 +52,7 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                     "metrics.jsonl and summary.json to --out.")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="what to train (default: lift)")
-    for flag, kind, text in _OPTIONS:
+    for flag, kind, text in FINETUNE_OPTIONS:
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--svd", choices=["exact", "randomized"], default=None,
                    help="SVD for the LIFT masks (default: exact)")
@@ -101,7 +101,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     # peft calls a transformers property that transformers 5 deprecates; not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     stop = threading.Event()
-    with _stop_on_sigterm(stop):
+    with stop_on_sigterm(stop):
         summary = finetune(config, stop_event=stop, progress=not args.no_progress)
     print(summary_paragraph(summary, config.out_dir))
     if summary["status"] == "stopped":
@@ -114,7 +114,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _stop_on_sigterm(stop: threading.Event):
+def stop_on_sigterm(stop: threading.Event):
     """Turn SIGTERM into ``stop.set()`` for the duration (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield

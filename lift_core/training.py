@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.methods import METHODS, check_method, default_lr
+from lift_core.methods import check_method, default_lr
 from lift_core.records import PeakMemory, RunRecorder, library_versions
 from lift_core.svd import SVD_MODES
 

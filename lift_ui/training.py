@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from lift_core.compare_cli import DEFAULT_METHODS, read_compare
+from lift_core.compare_cli import read_compare
 from lift_core.errors import LiftError
 from lift_core.jobs import Job, JobManager
 from lift_core.methods import METHODS, SPARSE_METHODS, default_lr

@@ -21,8 +21,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # One torch thread: the models here are tiny, and on a 2-core machine shared with a
+    # Streamlit server or other work, torch's spinning worker threads slow SVDs and tiny
+    # forward passes 10-50x. Restored afterwards because app.py sets its own count.
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _save_tiny(tmp_path_factory, name, config):

@@ -5,19 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 120  # seconds per script run: generous, the machine is shared
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    # app.py sets torch's thread count for the whole process; give other tests theirs back.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -5,20 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from tests.fake_runs import write_run, write_sample_set
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 REPO_SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _open(page: str) -> AppTest:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from lift_core.jobs import JobManager
@@ -14,13 +13,6 @@ from tests.fake_runs import write_sample_set
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 REPO_SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _open() -> AppTest:

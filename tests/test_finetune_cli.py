@@ -16,15 +16,6 @@ from lift_core.training import FinetuneConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine torch's spinning worker threads slow tiny models ~50x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def char_llama(tmp_path_factory):
     from transformers import LlamaForCausalLM

@@ -22,15 +22,6 @@ from lift_core.overlap import jaccard
 SHAPES = [(48, 48), (96, 40), (40, 96)]  # square, tall, wide
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two torch threads on a shared 2-core box oversubscribe, and SVDs slow down many-fold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _power_law(m, n, exponent=0.5, seed=0):
     g = torch.Generator().manual_seed(seed)
     u, _ = torch.linalg.qr(torch.randn(m, min(m, n), generator=g))

@@ -17,15 +17,6 @@ from lift_core.methods import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine torch's spinning worker threads slow tiny models ~50x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tiny_llama() -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)

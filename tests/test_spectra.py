@@ -19,15 +19,6 @@ from lift_core.spectra import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two torch threads on a shared 2-core box oversubscribe, and SVDs slow down many-fold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_singular_values_descending_fp32():
     w = torch.diag(torch.tensor([1.0, 3.0, 2.0])).to(torch.bfloat16)
     s = singular_values(w)

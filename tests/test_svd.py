@@ -18,15 +18,6 @@ from lift_core.svd import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two torch threads on a shared 2-core box oversubscribe, and SVDs slow down many-fold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _power_law(m, n, exponent=0.5, seed=0):
     """Random orthogonal singular vectors, s_i = i^-exponent (a trained layer's shape)."""
     g = torch.Generator().manual_seed(seed)

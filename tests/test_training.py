@@ -17,15 +17,6 @@ SUMMARY_FIELDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine torch's spinning worker threads slow tiny models ~50x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _save_char_llama(path, *, poison=False):
     """A random 2-block Llama with the built-in character tokenizer, saved like a real one."""
     from transformers import LlamaForCausalLM
