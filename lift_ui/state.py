@@ -66,7 +66,7 @@ class Selection:
 
 
 def configure_torch() -> None:
-    """Use half the cores for torch (LIFT_TORCH_THREADS overrides; set once per process).
+    """Use half the cores for torch (LIFT_TORCH_THREADS overrides), in every script run.
 
     On a shared or small machine, torch's default of one thread per core oversubscribes the
     CPU and a small SVD can run 20x slower (measured: whole-MiniLM analysis 2 s with one
@@ -77,8 +77,10 @@ def configure_torch() -> None:
         threads = max(1, int(wanted))
     except ValueError:
         threads = 1
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    # Always set it: the OpenMP thread count is per calling thread, and Streamlit runs each
+    # script run in a new thread, where get_num_threads() may report 1 while the OpenMP
+    # pool of that thread still starts one worker per core.
+    torch.set_num_threads(threads)
 
 
 def require_app_navigation() -> None:
