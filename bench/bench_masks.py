@@ -24,21 +24,13 @@ from pathlib import Path
 import torch
 
 from lift_core.masks import lift_mask, lora_budget
+from lift_core.spectra import power_law_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "lift_core" / "builtin"
 RANK = 64  # filter rank and budget (LoRA-equivalent) rank for the power-law matrices
 MINILM_RANKS = (4, 8, 16, 32, 64)
 WHOLE_MODEL_RANK = 8
-
-
-def power_law_matrix(n: int, exponent: float = 0.5, seed: int = 0) -> torch.Tensor:
-    """n x n fp32 matrix with singular values i^-exponent and random orthogonal vectors."""
-    g = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
-    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
-    s = torch.arange(1, n + 1, dtype=torch.float32) ** -exponent
-    return (u * s) @ v.T
 
 
 def timed(fn) -> tuple[object, float, float]:
@@ -78,7 +70,7 @@ def compare(w: torch.Tensor, k: int, rank: int, repeats: int) -> dict:
 def bench_power_law(sizes, repeats) -> list[dict]:
     rows = []
     for n in sizes:
-        w = power_law_matrix(n)
+        w = power_law_matrix(n, n)
         row = {"n": n, "k": lora_budget((n, n), RANK),
                **compare(w, lora_budget((n, n), RANK), RANK, repeats[n])}
         rows.append(row)

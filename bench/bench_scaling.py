@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_masks import RANK, RESULTS, compare, machine, power_law_matrix
+from bench.bench_masks import RANK, RESULTS, compare, machine
 from lift_core.masks import lora_budget
+from lift_core.spectra import power_law_matrix
 from lift_core.svd import max_krylov_depth
 
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "mask_scaling.png"
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
     rows = []
     for n in sizes:
         k = lora_budget((n, n), RANK)
-        row = {"n": n, **compare(power_law_matrix(n), k, RANK, 1 if n == 4096 else 3)}
+        row = {"n": n, **compare(power_law_matrix(n, n), k, RANK, 1 if n == 4096 else 3)}
         rows.append(row)
         print(f"{n}^2: exact {row['exact_cpu_s']:.3f} s, randomized {row['randomized_cpu_s']:.3f} s, "
               f"Jaccard {row['jaccard']:.5f}", flush=True)

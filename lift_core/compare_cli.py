@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from lift_core.errors import LiftError
-from lift_core.finetune_cli import FINETUNE_OPTIONS, stop_on_sigterm
+from lift_core.finetune_cli import FINETUNE_OPTIONS, add_training_options, stop_on_sigterm
 from lift_core.methods import METHODS
 
 DEFAULT_METHODS = ("lift", "full", "lora", "magnitude", "random")
@@ -40,12 +40,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, run in this order (default: {','.join(DEFAULT_METHODS)}; "
                         f"allowed: {', '.join(METHODS)})")
-    for flag, kind, text in _SHARED:
-        p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument("--svd", choices=["exact", "randomized"], default=None,
-                   help="SVD for the LIFT masks (default: exact)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="auto (CUDA when present, bf16), cpu or cuda")
+    add_training_options(p, _SHARED)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the runs (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier records in DIR")
     p.add_argument("--trust-remote-code", action="store_true",

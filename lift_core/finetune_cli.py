@@ -43,6 +43,16 @@ FINETUNE_OPTIONS = [
 ]
 
 
+def add_training_options(parser: argparse.ArgumentParser, options) -> None:
+    """Add ``options`` (flag, type, help) plus --svd and --device, all defaulting to None."""
+    for flag, kind, text in options:
+        parser.add_argument(flag, type=kind, default=None, help=text)
+    parser.add_argument("--svd", choices=["exact", "randomized"], default=None,
+                        help="SVD for the LIFT masks (default: exact)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                        help="auto (CUDA when present, bf16), cpu or cuda")
+
+
 def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``finetune`` sub-command to ``subparsers`` and return its parser."""
     p = subparsers.add_parser(
@@ -52,12 +62,7 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                     "metrics.jsonl and summary.json to --out.")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="what to train (default: lift)")
-    for flag, kind, text in FINETUNE_OPTIONS:
-        p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument("--svd", choices=["exact", "randomized"], default=None,
-                   help="SVD for the LIFT masks (default: exact)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="auto (CUDA when present, bf16), cpu or cuda")
+    add_training_options(p, FINETUNE_OPTIONS)
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (must be new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run record in a non-empty --out")

@@ -117,3 +117,19 @@ def summarize_spectrum(
         filter_rank=filter_rank,
         above_mp_edge=int((s > edge).sum()),
     )
+
+
+def power_law_matrix(
+    m: int, n: int, *, exponent: float = 0.5, seed: int = 0
+) -> torch.Tensor:
+    """An (m, n) fp32 matrix with singular values i^-exponent and random orthogonal vectors.
+
+    A smooth power-law spectrum is the shape trained LLM layers have; tests and benchmarks
+    use it as a stand-in for a large trained matrix.
+    """
+    g = torch.Generator().manual_seed(seed)
+    r = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, r, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, r, generator=g))
+    s = torch.arange(1, r + 1, dtype=torch.float32) ** -exponent
+    return (u * s) @ v.T

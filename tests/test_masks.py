@@ -18,16 +18,9 @@ from lift_core.masks import (
     top_k_mask,
 )
 from lift_core.overlap import jaccard
+from lift_core.spectra import power_law_matrix
 
 SHAPES = [(48, 48), (96, 40), (40, 96)]  # square, tall, wide
-
-
-def _power_law(m, n, exponent=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(m, min(m, n), generator=g))
-    v, _ = torch.linalg.qr(torch.randn(n, min(m, n), generator=g))
-    s = torch.arange(1, min(m, n) + 1, dtype=torch.float32) ** -exponent
-    return (u * s) @ v.T
 
 
 def _reference_mask(w, k, r, largest=True):
@@ -175,14 +168,14 @@ def _jaccard_vs_exact(w, k, r, seed=0):
 
 
 def test_randomized_power_law_1024():
-    w = _power_law(1024, 1024)
+    w = power_law_matrix(1024, 1024)
     k = lora_budget(w.shape, 64)
     assert _jaccard_vs_exact(w, k, 64) >= 0.99
 
 
 def test_randomized_tall_and_wide():
     for shape in ((700, 520), (520, 700)):
-        w = _power_law(*shape, exponent=0.7)
+        w = power_law_matrix(*shape, exponent=0.7)
         assert _jaccard_vs_exact(w, lora_budget(shape, 8), 8) >= 0.99
 
 
@@ -228,7 +221,7 @@ def test_randomized_minilm_all_layers(minilm_weights, force_krylov, budget):
 
 @pytest.mark.gpu
 def test_randomized_on_cuda():
-    w = _power_law(1024, 1024).cuda().to(torch.bfloat16)
+    w = power_law_matrix(1024, 1024).cuda().to(torch.bfloat16)
     k = lora_budget(w.shape, 32)
     for gen in (None, torch.Generator(device="cuda").manual_seed(0), torch.Generator().manual_seed(0)):
         fast = lift_mask(w, k=k, filter_rank=32, svd="randomized", generator=gen)

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from lift_core.errors import LiftError
+from lift_core.spectra import power_law_matrix
 from lift_core.svd import (
-    BlockKrylov,
     RANDOMIZED_MIN_DIM,
+    BlockKrylov,
     as_float_matrix,
     block_size,
     check_filter_rank,
@@ -16,15 +17,6 @@ from lift_core.svd import (
     low_rank_approximation,
     max_krylov_depth,
 )
-
-
-def _power_law(m, n, exponent=0.5, seed=0):
-    """Random orthogonal singular vectors, s_i = i^-exponent (a trained layer's shape)."""
-    g = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(m, min(m, n), generator=g))
-    v, _ = torch.linalg.qr(torch.randn(n, min(m, n), generator=g))
-    s = torch.arange(1, min(m, n) + 1, dtype=torch.float32) ** -exponent
-    return (u * s) @ v.T
 
 
 def test_as_float_matrix_converts_and_rejects():
@@ -66,7 +58,7 @@ def test_small_matrices_fall_back_to_exact():
 
 
 def test_block_krylov_basis_is_orthonormal_and_factors_approximate():
-    w = _power_law(600, 520, exponent=1.0)
+    w = power_law_matrix(600, 520, exponent=1.0)
     krylov = BlockKrylov(w, block_size(8), torch.Generator().manual_seed(0))
     for _ in range(4):
         krylov.grow()
@@ -80,7 +72,7 @@ def test_block_krylov_basis_is_orthonormal_and_factors_approximate():
 
 
 def test_randomized_low_rank_is_accurate_on_power_law():
-    w = _power_law(800, 640)
+    w = power_law_matrix(800, 640)
     ref = exact_low_rank(w, 16)
     got = low_rank_approximation(w, 16, svd="randomized", generator=torch.Generator().manual_seed(1))
     assert got.shape == w.shape and got.dtype == torch.float32
@@ -90,13 +82,13 @@ def test_randomized_low_rank_is_accurate_on_power_law():
 
 
 def test_checked_factors_give_up_when_never_converged():
-    w = _power_law(600, 600)
+    w = power_law_matrix(600, 600)
     assert checked_krylov_factors(w, 32, lambda old, new: False) is None
     assert checked_krylov_factors(torch.randn(32, 32), 4, lambda old, new: True) is None
 
 
 def test_randomized_is_seeded_by_generator():
-    w = _power_law(700, 600)
+    w = power_law_matrix(700, 600)
     a = low_rank_approximation(w, 8, svd="randomized", power_iterations=2,
                                generator=torch.Generator().manual_seed(3))
     b = low_rank_approximation(w, 8, svd="randomized", power_iterations=2,
@@ -106,7 +98,7 @@ def test_randomized_is_seeded_by_generator():
 
 @pytest.mark.gpu
 def test_block_krylov_on_cuda_with_cpu_generator():
-    w = _power_law(1024, 768).cuda()
+    w = power_law_matrix(1024, 768).cuda()
     got = low_rank_approximation(w, 16, svd="randomized", generator=torch.Generator().manual_seed(0))
     assert got.is_cuda
     ref = exact_low_rank(w, 16)
