@@ -5,7 +5,7 @@ Square power-law matrices (s_i = i^-0.5) from 256^2 to 4096^2 at filter rank = b
 an exact SVD is O(n^3), the block Krylov mask O(n^2 * r * depth). Where
 lift_core.svd.max_krylov_depth says Krylov does not pay off, the randomized mode uses exact
 SVD, so its exponent is fitted on the sizes where Krylov actually runs. Results go to bench/results/scaling.json;
-docs/img/mask_scaling.png is drawn when matplotlib is installed (it is not a requirement:
+docs/img/mask_scaling.png is drawn when matplotlib is installed, else a plain SVG (it is not a requirement:
 without it only the plot data is written).
 
     nice python -m bench.bench_scaling          # 256..4096, ~3 min on 2 cores
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bench.bench_masks import RANK, RESULTS, compare, machine
+from bench.common import loglog_svg
 from lift_core.masks import lora_budget
 from lift_core.spectra import power_law_matrix
 from lift_core.svd import max_krylov_depth
@@ -45,7 +46,14 @@ def _plot(rows, path: Path) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed: plot data only (see scaling.json)"
+        svg = path.with_suffix(".svg")
+        svg.parent.mkdir(parents=True, exist_ok=True)
+        series = {"exact SVD": [(r["n"], r["exact_cpu_s"]) for r in rows],
+                  "randomized": [(r["n"], r["randomized_cpu_s"]) for r in rows]}
+        svg.write_text(loglog_svg(series, {"exact SVD": "#d62728", "randomized": "#1f77b4"},
+                                  {"exact SVD": "exact SVD", "randomized": "randomized (Krylov)"},
+                                  "n (n x n matrix, log)", "mask time, CPU s (log)"))
+        return f"wrote {svg} (matplotlib is not installed)"
     sizes = [r["n"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.loglog(sizes, [r["exact_cpu_s"] for r in rows], "o-", label="exact SVD")

@@ -208,3 +208,64 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --- plots without matplotlib ------------------------------------------------------------
+
+
+def loglog_svg(series: dict, colours: dict, legend: dict, x_label: str, y_label: str,
+               width: int = 560, height: int = 340) -> str:
+    """A log-log line chart as plain SVG (no matplotlib needed): one polyline per series.
+
+    Args:
+        series: name -> [(x, y), ...]; colours and legend: name -> colour / legend text.
+    """
+    left, right, top, bottom = 70, 190, 20, 50
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts]
+    lx0, lx1 = math.log(min(xs)) - 0.1, math.log(max(xs)) + 0.1
+    ly0, ly1 = math.log(min(ys)) - 0.2, math.log(max(ys)) + 0.2
+
+    def px(x: float) -> float:
+        return left + (math.log(x) - lx0) / (lx1 - lx0) * (width - left - right)
+
+    def py(y: float) -> float:
+        return height - bottom - (math.log(y) - ly0) / (ly1 - ly0) * (height - top - bottom)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" '
+           'stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>']
+    for x in sorted(set(xs)):
+        out.append(f'<text x="{px(x):.0f}" y="{height - bottom + 16}" '
+                   f'text-anchor="middle">{x}</text>')
+    for y in _log_ticks(math.exp(ly0), math.exp(ly1)):
+        out.append(f'<line x1="{left - 4}" y1="{py(y):.0f}" x2="{left}" y2="{py(y):.0f}" '
+                   'stroke="black"/>')
+        out.append(f'<text x="{left - 6}" y="{py(y) + 4:.0f}" text-anchor="end">{y:g}</text>')
+    out.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 12}" '
+               f'text-anchor="middle">{x_label}</text>')
+    out.append(f'<text transform="translate(16,{(top + height - bottom) / 2:.0f}) rotate(-90)" '
+               f'text-anchor="middle">{y_label}</text>')
+    for i, (name, points) in enumerate(series.items()):
+        colour = colours[name]
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
+        out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colour}"/>'
+                for x, y in points]
+        ly = top + 14 + 20 * i
+        out.append(f'<line x1="{width - right + 12}" y1="{ly - 4}" x2="{width - right + 32}" '
+                   f'y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{width - right + 38}" y="{ly}">{legend[name]}</text>')
+    return "\n".join(out + ["</svg>"]) + "\n"
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks between low and high."""
+    ticks, decade = [], 10 ** math.floor(math.log10(low))
+    while decade <= high:
+        ticks += [m * decade for m in (1, 2, 5) if low <= m * decade <= high]
+        decade *= 10
+    return ticks
