@@ -5,8 +5,7 @@ Square power-law matrices (s_i = i^-0.5) from 256^2 to 4096^2 at filter rank = b
 an exact SVD is O(n^3), the block Krylov mask O(n^2 * r * depth). Where
 lift_core.svd.max_krylov_depth says Krylov does not pay off, the randomized mode uses exact
 SVD, so its exponent is fitted on the sizes where Krylov actually runs. Results go to bench/results/scaling.json;
-docs/img/mask_scaling.png is drawn when matplotlib is installed, else a plain SVG (it is not a requirement:
-without it only the plot data is written).
+docs/img/mask_scaling.png is drawn when matplotlib is installed, else a plain SVG (matplotlib is not a requirement).
 
     nice python -m bench.bench_scaling          # 256..4096, ~3 min on 2 cores
     nice python -m bench.bench_scaling --quick  # 256..2048
