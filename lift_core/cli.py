@@ -52,6 +52,7 @@ def _add_layers_parser(sub) -> None:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
 
     from lift_core.analysis import analyze_model, save_masks
     from lift_core.models import load_model
@@ -60,6 +61,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     if args.save_masks:
         _check_writable(args.save_masks)
     started = time.perf_counter()
+    hf_logging.disable_progress_bar()  # one bar on screen: ours, per layer
     model = load_model(args.model, trust_remote_code=args.trust_remote_code)
     bar = tqdm(total=None, unit="layer", disable=args.no_progress, file=sys.stderr)
 

@@ -71,12 +71,17 @@ def spectrum_figure(
                              name=f"MP bulk edge ({mp_edge:.3g})",
                              line=dict(color="black", dash="dash", width=1)))
     positive = s[s > 0]
-    low = float(positive.min()) if len(positive) else 1e-6
-    fig.add_trace(go.Scatter(x=[filter_rank, filter_rank], y=[low, float(s.max(initial=1.0))],
+    # The last few singular values of a square matrix dive towards 0 and would squeeze the
+    # part that matters (the top and the bulk) into a sliver: the axis stops at the 10th
+    # percentile and the title says so.
+    low = float(np.quantile(positive, 0.10)) if len(positive) else 1e-6
+    high = float(s.max(initial=1.0))
+    fig.add_trace(go.Scatter(x=[filter_rank, filter_rank], y=[low, high],
                              mode="lines", name=f"filter rank r = {filter_rank}",
                              line=dict(color=COLORS["marker"], width=1)))
     fig.update_xaxes(type="log", title="index i (log)")
-    fig.update_yaxes(type="log", title="singular value σ_i (log)")
+    fig.update_yaxes(type="log", title="singular value σ_i (log; smallest 10% cut)",
+                     range=[np.log10(low / 1.3), np.log10(high * 1.3)])
     return _layout(fig, "Singular values")
 
 
