@@ -43,6 +43,13 @@ def select_mask(p: torch.Tensor, group: dict, position: int, refresh: int) -> to
     return indices.int() if p.numel() < _INT32_NUMEL_LIMIT else indices
 
 
+def indices_to_mask(indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The bool mask of ``like``'s shape that is True at the flat ``indices``."""
+    flat = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
+    flat[indices.long()] = True
+    return flat.view(like.shape)
+
+
 def carry_moments(old: torch.Tensor, new: torch.Tensor,
                   moments: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
     """Moments laid out by the sorted indices ``new``, carried over from those of ``old``.

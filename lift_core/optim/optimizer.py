@@ -1,10 +1,17 @@
 """SparseAdamW: AdamW that trains only a refreshed mask of each matrix (LIFT's optimizer).
 
-A torch optimizer that composes three parts, each with one job: the update rule on 1-D
-vectors (:mod:`.update`, batched by :mod:`.batches`), the mask lifecycle (:mod:`.mask_state`)
-and the source of masked gradients with clipping (:mod:`.gradients`). A group without a
-mask is dense AdamW with the same rule, so "full fine-tuning" and LIFT differ only in
-which entries move.
+A torch optimizer composing three parts with one job each: the update rule on 1-D vectors
+(:mod:`.update`, lined up by :mod:`.batches`), the mask lifecycle (:mod:`.mask_state`) and
+the source of masked gradients with clipping (:mod:`.gradients`). A group without a mask
+is dense AdamW with the same rule, so "full fine-tuning" and LIFT differ only in which
+entries move.
+
+Group settings (each also a constructor default): ``mask`` (a name in
+:data:`lift_core.masks.MASK_STRATEGIES`, or None for a dense group), ``lora_rank`` (budget
+k = ``lora_budget(shape, lora_rank)``), ``filter_rank``, ``update_interval`` (steps between
+mask refreshes; None keeps the first mask), ``svd`` ("exact" or "randomized"), ``seed``.
+Masked parameters must be contiguous 2-D tensors; a GPT-2 Conv1D weight stored (in, out)
+is masked as stored (the top-k of |W_r| does not care).
 """
 
 from __future__ import annotations
@@ -16,22 +23,16 @@ import torch
 from lift_core.errors import LiftError
 from lift_core.optim.batches import StepBatches
 from lift_core.optim.gradients import GradientGatherer
-from lift_core.optim.mask_state import MaskLifecycle, check_mask_settings
+from lift_core.optim.mask_state import MaskLifecycle, check_mask_settings, indices_to_mask
 from lift_core.optim.update import AdamWRule, check_adamw_settings, zero_moments
 
 
 class SparseAdamW(torch.optim.Optimizer):
     """AdamW over a sparse, periodically refreshed mask per matrix, or dense per group.
 
-    Update rule: :class:`~lift_core.optim.update.AdamWRule` (transformers' AdamW, what
-    the LIFT authors ran); weight decay hits trained entries only. Group settings (each
-    also a constructor default): ``mask`` (a name in
-    :data:`lift_core.masks.MASK_STRATEGIES`, or None for a dense group), ``lora_rank``
-    (budget k = ``lora_budget(shape, lora_rank)``), ``filter_rank``, ``update_interval``
-    (steps between refreshes; None keeps the first mask), ``svd`` ("exact" or
-    "randomized") and ``seed``. The first masks are computed here, from the weights as
-    they are now. Masked parameters must be contiguous 2-D tensors; a GPT-2 Conv1D weight
-    stored (in, out) is masked as stored (top-k of |W_r| does not care).
+    The first masks are computed at construction, from the weights as they are then.
+    Group settings: see the module docstring. Rule: :class:`AdamWRule` (transformers'
+    AdamW, what the LIFT authors ran); weight decay hits trained entries only.
 
     Args:
         params: parameters, named parameters or param-group dicts, as for torch.
@@ -54,7 +55,8 @@ class SparseAdamW(torch.optim.Optimizer):
         if grad_gatherer is not None and free_dense_grads:
             raise LiftError("free_dense_grads goes to the GradientGatherer when one is given: "
                             "GradientGatherer(free_dense_grads=True)")
-        self.grad_gatherer = grad_gatherer or GradientGatherer(free_dense_grads)
+        self.grad_gatherer = (GradientGatherer(free_dense_grads) if grad_gatherer is None
+                              else grad_gatherer)
         self.mask_lifecycle = MaskLifecycle()
         super().__init__(params, defaults)
 
@@ -88,9 +90,8 @@ class SparseAdamW(torch.optim.Optimizer):
                 loss = closure()
         batches, updated = StepBatches(), set()
         for group in self.param_groups:
-            rule = AdamWRule.of_group(group)
             for p in group["params"]:
-                if self._queue(p, group, rule, batches):
+                if _queue(p, group, self.state[p], self.grad_gatherer, batches):
                     updated.add(id(p))
         batches.flush()
         for p in self.mask_lifecycle.refresh_due(self.param_groups, self.state, updated):
@@ -111,10 +112,7 @@ class SparseAdamW(torch.optim.Optimizer):
         tensors, rest = _split_tensor_state(state_dict)
         super().load_state_dict(rest)
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        id_to_param = dict(zip(saved_ids, self._params()))
-        for pid, saved in tensors.items():
-            p = id_to_param[pid]
-            self.state[p].update({k: v.to(p.device, copy=True) for k, v in saved.items()})
+        _restore_tensors(self.state, tensors, dict(zip(saved_ids, self._params())))
         self.grad_gatherer.zero_grad()
         for group in self.param_groups:
             for p in group["params"] if group["mask"] is not None else ():
@@ -124,10 +122,8 @@ class SparseAdamW(torch.optim.Optimizer):
 
     # --- public extras ------------------------------------------------------------------
 
-    @property
-    def free_dense_grads(self) -> bool:
-        """Whether masked gradients are gathered in backward (see :class:`GradientGatherer`)."""
-        return self.grad_gatherer.free_dense_grads
+    free_dense_grads = property(lambda self: self.grad_gatherer.free_dense_grads,
+                                doc="Whether masked gradients are gathered in backward.")
 
     def mask_of(self, param: torch.Tensor) -> torch.Tensor:
         """The entries ``param`` trains, as a bool tensor of its shape (dense: all True)."""
@@ -136,9 +132,7 @@ class SparseAdamW(torch.optim.Optimizer):
             raise LiftError("this parameter is not optimized by this SparseAdamW")
         if group["mask"] is None:
             return torch.ones_like(param, dtype=torch.bool)
-        flat = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
-        flat[self.state[param]["indices"].long()] = True
-        return flat.view(param.shape)
+        return indices_to_mask(self.state[param]["indices"], param)
 
     def remove_grad_hooks(self) -> None:
         """Stop gathering gradients in backward: backward keeps dense grads again.
@@ -172,33 +166,31 @@ class SparseAdamW(torch.optim.Optimizer):
 
     # --- internals ----------------------------------------------------------------------
 
-    @property
-    def _grad_buffers(self) -> dict:
-        return self.grad_gatherer.buffers  # what older callers (benchmarks, tests) read
-
-    def _absorb_grad(self, p: torch.Tensor) -> None:
-        self.grad_gatherer.absorb(p)
+    # What older callers (benchmarks, tests) reach for; the gatherer owns both now.
+    _grad_buffers = property(lambda self: self.grad_gatherer.buffers)
+    _absorb_grad = property(lambda self: self.grad_gatherer.absorb)
 
     def _params(self):
         return chain.from_iterable(g["params"] for g in self.param_groups)
 
-    def _queue(self, p: torch.Tensor, group: dict, rule: AdamWRule, batches: StepBatches) -> bool:
-        """Queue p's update if it has a gradient; counts the step. Returns whether queued."""
-        state = self.state[p]
-        if group["mask"] is None:
-            if p.grad is None:
-                return False
-            if not state:
-                state.update(step=0, **zero_moments(p.numel(), p.device))
-            indices, grad = None, p.grad.reshape(-1)
-        else:
-            indices = state["indices"].long()  # int64 gathers and copies are the fast ones
-            grad = self.grad_gatherer.masked_grad(p, indices)
-            if grad is None:
-                return False
-        state["step"] += 1
-        batches.add(p, rule, state, indices, grad)
-        return True
+
+def _queue(p: torch.Tensor, group: dict, state: dict, gatherer: GradientGatherer,
+           batches: StepBatches) -> bool:
+    """Queue p's update if it has a gradient, counting the step; returns whether it did."""
+    if group["mask"] is None:
+        if p.grad is None:
+            return False
+        if not state:  # dense state starts at the first gradient, as in torch's AdamW
+            state.update(step=0, **zero_moments(p.numel(), p.device))
+        indices, grad = None, p.grad.reshape(-1)
+    else:
+        indices = state["indices"].long()  # int64 gathers and copies are the fast ones
+        grad = gatherer.masked_grad(p, indices)
+        if grad is None:
+            return False
+    state["step"] += 1
+    batches.add(p, AdamWRule.of_group(group), state, indices, grad)
+    return True
 
 
 def _split_tensor_state(state_dict: dict) -> tuple[dict, dict]:
@@ -209,3 +201,10 @@ def _split_tensor_state(state_dict: dict) -> tuple[dict, dict]:
     rest["state"] = {pid: {k: v for k, v in s.items() if k not in tensors[pid]}
                      for pid, s in state_dict["state"].items()}
     return tensors, rest
+
+
+def _restore_tensors(state: dict, tensors: dict, id_to_param: dict) -> None:
+    """Put the saved tensors back into ``state`` as saved (dtype kept, moved to p's device)."""
+    for pid, saved in tensors.items():
+        p = id_to_param[pid]
+        state[p].update({k: v.to(p.device, copy=True) for k, v in saved.items()})
