@@ -13,7 +13,7 @@ import torch
 
 from lift_core.errors import LiftError
 from lift_core.masks import compute_mask, lora_budget
-import lift_core.optim.batches as optim_batches
+import lift_core.optim.update as optim_update
 from lift_core.optim import SparseAdamW
 
 BETAS = (0.9, 0.95)
@@ -256,7 +256,7 @@ def test_one_group_per_matrix_in_small_chunks_equals_one_group(monkeypatch):
     opt = SparseAdamW([{"params": shared, **settings}], lr=0.05)
     _run(opt, shared, 7, seed=4)
     # The trainer's layout: one named group per matrix; tiny chunks force several flushes.
-    monkeypatch.setattr(optim_batches, "_CHUNK_ENTRIES", 10)
+    monkeypatch.setattr(optim_update, "_CHUNK_ENTRIES", 10)
     split = [torch.nn.Parameter(w.clone()) for w in weights]
     per_matrix = SparseAdamW([{"params": [p], "param_names": [f"w{i}"], **settings}
                               for i, p in enumerate(split)], lr=0.05)

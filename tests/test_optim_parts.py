@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-import lift_core.optim.batches as optim_batches
+import lift_core.optim.update as optim_update
 from lift_core.errors import LiftError
 from lift_core.masks import compute_mask, lora_budget
 from lift_core.optim import (
@@ -25,9 +25,8 @@ from lift_core.optim import (
     churn_events,
     select_mask,
 )
-from lift_core.optim.batches import StepBatches
 from lift_core.optim.mask_state import indices_to_mask
-from lift_core.optim.update import check_adamw_settings, zero_moments
+from lift_core.optim.update import StepBatches, check_adamw_settings, zero_moments
 
 RULE = AdamWRule(lr=0.05, beta1=0.9, beta2=0.95, eps=1e-6, weight_decay=0.1)
 
@@ -125,7 +124,7 @@ def test_batches_write_back_only_the_trained_entries_and_chunking_changes_nothin
         got = p.reshape(-1).float() if where is None else p.reshape(-1).float()[where]
         torch.testing.assert_close(got, weight.to(p.dtype).float())
         assert torch.equal(state["exp_avg"], moments["exp_avg"])
-    monkeypatch.setattr(optim_batches, "_CHUNK_ENTRIES", 4)  # a flush after every add
+    monkeypatch.setattr(optim_update, "_CHUNK_ENTRIES", 4)  # a flush after every add
     chunked, _ = _batch_case()
     for p, p0 in zip(chunked, start):
         p.copy_(p0)

@@ -1,7 +1,7 @@
 """LIFT's optimizer: ``SparseAdamW`` and the parts it is made of, one job each.
 
-- :mod:`.update`: the AdamW rule on 1-D values and moments (:class:`AdamWRule`);
-  :mod:`.batches` lines a step's vectors up for it in bounded chunks.
+- :mod:`.update`: the AdamW rule on 1-D values and moments (:class:`AdamWRule`), and
+  one step's vectors lined up for it in bounded chunks (:class:`StepBatches`).
 - :mod:`.mask_state`: mask selection, refresh, carrying moments, churn events
   (:class:`MaskLifecycle`, :func:`select_mask`, :func:`carry_moments`).
 - :mod:`.gradients`: masked gradients gathered by backward hooks, and clipping with the

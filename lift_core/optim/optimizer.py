@@ -1,7 +1,7 @@
 """SparseAdamW: AdamW that trains only a refreshed mask of each matrix (LIFT's optimizer).
 
 A torch optimizer composing three parts with one job each: the update rule on 1-D vectors
-(:mod:`.update`, lined up by :mod:`.batches`), the mask lifecycle (:mod:`.mask_state`) and
+(:mod:`.update`), the mask lifecycle (:mod:`.mask_state`) and
 the source of masked gradients with clipping (:mod:`.gradients`). A group without a mask
 is dense AdamW with the same rule, so "full fine-tuning" and LIFT differ only in which
 entries move.
@@ -21,10 +21,14 @@ from itertools import chain
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.optim.batches import StepBatches
 from lift_core.optim.gradients import GradientGatherer
 from lift_core.optim.mask_state import MaskLifecycle, check_mask_settings, indices_to_mask
-from lift_core.optim.update import AdamWRule, check_adamw_settings, zero_moments
+from lift_core.optim.update import (
+    AdamWRule,
+    StepBatches,
+    check_adamw_settings,
+    zero_moments,
+)
 
 
 class SparseAdamW(torch.optim.Optimizer):
