@@ -7,6 +7,7 @@ exploring, the built-in tiny Llama for training). User errors print one line and
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -56,10 +57,12 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
     from lift_core.analysis import analyze_model, save_masks
     from lift_core.models import load_model
+    from lift_core.preflight import check_output_file
 
-    _check_writable(args.out)
-    if args.save_masks:
-        _check_writable(args.save_masks)
+    # Both outputs are tried before the model loads, not after the whole analysis ran.
+    check_output_file(args.out)
+    if args.save_masks is not None:
+        check_output_file(args.save_masks)
     started = time.perf_counter()
     hf_logging.disable_progress_bar()  # one bar on screen: ours, per layer
     model = load_model(args.model, trust_remote_code=args.trust_remote_code)
@@ -96,14 +99,6 @@ def _run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_writable(path: Path) -> None:
-    parent = path.expanduser().resolve().parent
-    if not parent.is_dir():
-        raise LiftError(f"cannot write {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise LiftError(f"cannot write {path}: it is a folder")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by the app to preview commands)."""
     parser = argparse.ArgumentParser(prog="python -m lift_core",
@@ -123,9 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningLines(logging.Handler):
+    """lift_core's warnings as ``warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("lift_core")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        logger.addHandler(_WarningLines(logging.WARNING))
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    _show_warnings()
     try:
         if hasattr(args, "handler"):
             return args.handler(args)

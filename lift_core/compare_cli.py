@@ -20,7 +20,12 @@ import warnings
 from pathlib import Path
 
 from lift_core.errors import LiftError
-from lift_core.finetune_cli import FINETUNE_OPTIONS, add_training_options, stop_on_sigterm
+from lift_core.finetune_cli import (
+    FINETUNE_OPTIONS,
+    add_training_options,
+    evaluated_after_training,
+    stop_on_sigterm,
+)
 from lift_core.methods import METHODS
 
 DEFAULT_METHODS = ("lift", "full", "lora", "magnitude", "random")
@@ -75,9 +80,11 @@ def compare_configs(methods: list[str], out: str | os.PathLike, *, overwrite: bo
     Raises:
         LiftError: a bad setting, or a method folder that already holds a run.
     """
+    from lift_core.preflight import check_output_dir
     from lift_core.records import check_out_dir
     from lift_core.training import FinetuneConfig
 
+    check_output_dir(out)  # "" would otherwise mean the current folder
     out = Path(out).expanduser()
     if (out / COMPARE_FILE).exists() and not overwrite:
         raise LiftError(f"{out} already holds a comparison; choose a new folder or pass --overwrite")
@@ -228,11 +235,14 @@ def summary_text(state: dict) -> str:
             lines.append(f"{entry['method']:<14}{entry['status']:<12}"
                          + (f"  {entry['error']}" if entry.get("error") else ""))
             continue
-        forgetting = "n/a" if s.get("forgetting") is None else f"{100 * s['forgetting']:+.1f} pt"
+        after = evaluated_after_training(s)  # else the "after" numbers are step 0's
+        forgetting = ("n/a" if s.get("forgetting") is None or not after
+                      else f"{100 * s['forgetting']:+.1f} pt")
         lines.append(
             f"{entry['method']:<14}{entry['status']:<12}{s['steps_done']:>5}/{s['steps']:<5}  "
-            f"{pct(s.get('target_acc_before'))}->{pct(s.get('target_acc'))}  "
-            f"{pct(s.get('source_acc_before'))}->{pct(s.get('source_acc'))}  {forgetting:>10}  "
+            f"{pct(s.get('target_acc_before'))}->{pct(s.get('target_acc') if after else None)}  "
+            f"{pct(s.get('source_acc_before'))}->{pct(s.get('source_acc') if after else None)}  "
+            f"{forgetting:>10}  "
             f"{s['trainable_params']:>10,}  {(s.get('optimizer_state_bytes') or 0) / 2**10:>7.0f} KiB  "
             f"{s['wall_seconds']:>7.1f}")
     lines.append(f"comparison {state['status']} in {state.get('wall_seconds') or 0:.1f} s; "

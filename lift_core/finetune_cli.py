@@ -135,24 +135,45 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def evaluated_after_training(summary: dict) -> bool:
+    """True when the summary's accuracies come from an evaluation after some training.
+
+    A stopped or failed run keeps its last complete evaluation, which may be step 0's.
+    """
+    return summary.get("status") == "completed" or (summary.get("eval_step") or 0) > 0
+
+
+def _accuracy_text(s: dict) -> str:
+    if not evaluated_after_training(s):
+        return (f"no evaluation after training (before: target accuracy "
+                f"{_pct(s.get('target_acc_before'))}, source accuracy "
+                f"{_pct(s.get('source_acc_before'))})")
+    forgetting = s.get("forgetting")
+    where = "" if s.get("status") == "completed" else f"last evaluation at step {s['eval_step']}: "
+    return (f"{where}target accuracy {_pct(s.get('target_acc_before'))} -> {_pct(s.get('target_acc'))}, "
+            f"source accuracy {_pct(s.get('source_acc_before'))} -> {_pct(s.get('source_acc'))} "
+            f"(forgetting {'n/a' if forgetting is None else f'{100 * forgetting:+.1f} points'})")
+
+
 def summary_paragraph(summary: dict, out_dir: str | None = None) -> str:
     """One paragraph that says what a run did, for the terminal."""
     s = summary
     state = (s.get("optimizer_state_bytes") or 0) / 2**20
     per_step = s.get("seconds_per_step")
-    forgetting = s.get("forgetting")
     text = (
         f"{s['method']} on {s['model']} {s['status']} after {s['steps_done']}/{s['steps']} "
         f"steps in {s['wall_seconds']:.1f} s"
         + (f" ({1000 * per_step:.0f} ms/step)" if per_step else "")
-        + f": target accuracy {_pct(s.get('target_acc_before'))} -> {_pct(s.get('target_acc'))}, "
-        f"source accuracy {_pct(s.get('source_acc_before'))} -> {_pct(s.get('source_acc'))} "
-        f"(forgetting {'n/a' if forgetting is None else f'{100 * forgetting:+.1f} points'}); "
+        + f": {_accuracy_text(s)}; "
         f"{s['trainable_params']:,} trainable numbers, optimizer state {state:.2f} MiB, "
         f"peak memory {(s.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB."
     )
-    if s.get("budget_clipped_layers"):
-        text += (f" Note: in {s['budget_clipped_layers']} layer(s) (m+n)*lora_rank exceeded m*n, "
+    clipped = s.get("budget_clipped_layers")
+    if clipped and s["method"] == "lora":
+        text += (f" Note: in {clipped} layer(s) the LoRA rank exceeded m*n/(m+n), so it was "
+                 "clipped there (config.json, budget.layers).")
+    elif clipped:
+        text += (f" Note: in {clipped} layer(s) (m+n)*lora_rank exceeded m*n, "
                  "so the budget was clipped to the whole matrix.")
     if out_dir:
         text += f" Run record in {out_dir}."

@@ -3,12 +3,15 @@
 Every method trains the same matrices (each linear layer inside the transformer blocks;
 lm_head, embeddings, norms and biases stay frozen) with the same update rule (SparseAdamW:
 masked groups for the sparse methods, dense groups for full fine-tuning and LoRA), and the
-sparse methods and LoRA get the same budget per matrix, k = min((m + n) * lora_rank, m * n).
-So the methods differ only in *which* numbers they train.
+sparse methods and LoRA get the same budget per matrix, k = min((m + n) * lora_rank, m * n):
+where (m + n) * lora_rank exceeds m * n a sparse method trains the whole matrix and LoRA's
+rank is clipped to m * n // (m + n). So the methods differ only in *which* numbers they train.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +20,8 @@ from torch import nn
 from lift_core.errors import LiftError
 from lift_core.masks import budget_is_clipped, lora_budget
 from lift_core.models import list_linear_layers
+
+log = logging.getLogger(__name__)
 
 SPARSE_METHODS = ("lift", "magnitude", "random", "lift_smallest")
 METHODS = ("lift", "full", "lora", "magnitude", "random", "lift_smallest")
@@ -58,8 +63,14 @@ class MethodSetup:
 
     @property
     def clipped_layers(self) -> list[str]:
-        """Matrices whose budget (m+n)*lora_rank exceeded m*n and was clipped to m*n."""
-        return [layer["layer"] for layer in self.layers if layer["clipped"]]
+        """Matrices whose budget (m+n)*lora_rank exceeded m*n and was clipped (to m*n
+        entries, or for LoRA to rank m*n // (m+n))."""
+        return clipped_layer_names(self.layers)
+
+
+def clipped_layer_names(rows: list[dict]) -> list[str]:
+    """Names of the budget rows (see :func:`budget_rows`) whose budget was clipped."""
+    return [row["layer"] for row in rows if row["clipped"]]
 
 
 def check_method(method: str) -> str:
@@ -79,15 +90,49 @@ def block_linear_names(model: nn.Module) -> list[str]:
     return [layer.name for layer in list_linear_layers(model, blocks_only=True)]
 
 
-def _layer_rows(model: nn.Module, method: str, lora_rank: int) -> list[dict]:
+def lora_rank_within_budget(shape: tuple[int, int], lora_rank: int) -> int:
+    """The LoRA rank an (m, n) matrix gets: lora_rank, clipped so (m+n)*rank <= m*n.
+
+    LoRA trains (m+n)*rank numbers; past m*n // (m+n) it would train more numbers than the
+    matrix has, which no budget-matched comparison (or memory) allows.
+    """
+    m, n = shape
+    return max(1, min(lora_rank, m * n // (m + n)))
+
+
+def budget_rows(model: nn.Module, method: str, lora_rank: int) -> list[dict]:
+    """One row per block linear: layer, role, shape, k trained numbers, density, clipped.
+
+    LoRA rows also carry the layer's ``lora_rank`` (after clipping). Works on a model on
+    the meta device, so memory can be estimated before any weight is allocated.
+    """
     rows = []
     for layer in list_linear_layers(model, blocks_only=True):
-        dense = method == "full"
-        k = layer.numel if dense else lora_budget(layer.shape, lora_rank)
-        clipped = (not dense) and budget_is_clipped(layer.shape, lora_rank)
-        rows.append({"layer": layer.name, "role": layer.role, "shape": list(layer.shape),
-                     "k": k, "density": k / layer.numel, "clipped": clipped})
+        row = {"layer": layer.name, "role": layer.role, "shape": list(layer.shape)}
+        if method == "full":
+            k, clipped = layer.numel, False
+        elif method == "lora":
+            row["lora_rank"] = lora_rank_within_budget(layer.shape, lora_rank)
+            k, clipped = sum(layer.shape) * row["lora_rank"], row["lora_rank"] < lora_rank
+        else:
+            k = lora_budget(layer.shape, lora_rank)
+            clipped = budget_is_clipped(layer.shape, lora_rank)
+        rows.append({**row, "k": k, "density": k / layer.numel, "clipped": clipped})
     return rows
+
+
+def _warn_if_clipped(rows: list[dict], method: str, lora_rank: int) -> None:
+    clipped = clipped_layer_names(rows)
+    if not clipped:
+        return
+    if method == "lora":
+        ranks = sorted({row["lora_rank"] for row in rows if row["clipped"]})
+        log.warning("LoRA rank %d exceeds m*n/(m+n) in %d of %d layers: their rank was "
+                    "clipped to %s, so no layer trains more numbers than it has",
+                    lora_rank, len(clipped), len(rows), ", ".join(map(str, ranks)))
+    else:
+        log.warning("budget rank %d gives (m+n)*rank > m*n in %d of %d layers: %s trains "
+                    "those whole matrices", lora_rank, len(clipped), len(rows), method)
 
 
 def check_filter_rank_fits(model: nn.Module, method: str, filter_rank: int) -> None:
@@ -135,12 +180,14 @@ def setup_method(
 
     check_method(method)
     check_filter_rank_fits(model, method, filter_rank)
-    rows = _layer_rows(model, method, lora_rank)
+    rows = budget_rows(model, method, lora_rank)
+    _warn_if_clipped(rows, method, lora_rank)
     names = [row["layer"] for row in rows]
     model.requires_grad_(False)
     if method == "lora":
         transposed = any(layer.transposed for layer in list_linear_layers(model, blocks_only=True))
-        model, params = _wrap_lora(model, names, lora_rank, fan_in_fan_out=transposed)
+        ranks = {row["layer"]: row["lora_rank"] for row in rows}
+        model, params = _wrap_lora(model, ranks, lora_rank, fan_in_fan_out=transposed)
         groups, trainable = [{"params": params}], sum(p.numel() for p in params)
     else:
         weights = [model.get_submodule(name).weight.requires_grad_(True) for name in names]
@@ -159,16 +206,21 @@ def setup_method(
     return MethodSetup(model, optimizer, trainable, rows)
 
 
-def _wrap_lora(model: nn.Module, names: list[str], lora_rank: int, *, fan_in_fan_out: bool):
+def _wrap_lora(model: nn.Module, ranks: dict[str, int], lora_rank: int, *, fan_in_fan_out: bool):
     """peft LoRA on exactly the block linears (full names, so nothing outside matches).
 
+    ``ranks`` maps each layer to its rank; layers below ``lora_rank`` (clipped to the budget)
+    get their own rank through peft's rank_pattern, and every layer keeps alpha = 2 * rank.
     ``fan_in_fan_out`` is True for GPT-2 style Conv1D layers, which store weights (in, out).
     """
     from peft import LoraConfig, get_peft_model
 
+    # peft reads pattern keys as regular expressions: escape the dots of module names.
+    clipped = {re.escape(name): rank for name, rank in ranks.items() if rank != lora_rank}
     config = LoraConfig(
-        r=lora_rank, lora_alpha=2 * lora_rank, target_modules=names, lora_dropout=0.0,
-        bias="none", fan_in_fan_out=fan_in_fan_out,
+        r=lora_rank, lora_alpha=2 * lora_rank, target_modules=list(ranks), lora_dropout=0.0,
+        bias="none", fan_in_fan_out=fan_in_fan_out, rank_pattern=clipped,
+        alpha_pattern={key: 2 * rank for key, rank in clipped.items()},
     )
     wrapped = get_peft_model(model, config)
     params = [p for n, p in wrapped.named_parameters() if p.requires_grad]

@@ -2,7 +2,8 @@
 
 A model is named by an embedded alias (``minilm``, ``builtin``), a local directory, or a hub
 id. Weights load from safetensors only unless the caller opts out, and remote code stays off
-unless opted in. Every linear layer (``nn.Linear`` and GPT-2's transposed ``Conv1D``) is
+unless opted in (and transformers is never left to ask on stdin). An operator can confine
+local model directories to allowed folders with ``LIFT_MODEL_ROOTS``. Every linear layer (``nn.Linear`` and GPT-2's transposed ``Conv1D``) is
 listed with its block index and role (q, k, v, o, gate, up, down, ...).
 """
 
@@ -152,11 +153,27 @@ def layers_table(model: nn.Module):
 # --- resolving and loading -------------------------------------------------------------
 
 
+MODEL_ROOTS_ENV = "LIFT_MODEL_ROOTS"
+
+
+def allowed_model_roots() -> list[Path] | None:
+    """The folders local models must live in (``LIFT_MODEL_ROOTS``, os.pathsep-separated,
+    symlinks resolved), or None when the variable is unset or empty: no restriction."""
+    entries = [e.strip() for e in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep)]
+    roots = [Path(e).expanduser().resolve() for e in entries if e]
+    return roots or None
+
+
 def resolve_model_source(name_or_dir: str) -> str:
     """Turn an alias, directory or hub id into what ``from_pretrained`` takes.
 
+    With ``LIFT_MODEL_ROOTS`` set, a local path outside those folders (after resolving
+    symlinks and ..) is refused before anything on disk is looked at, with the same words
+    whether or not it exists, so a shared server does not reveal its files.
+
     Raises:
-        LiftError: for an empty name or a path-like name whose directory is missing.
+        LiftError: for an empty name, a path-like name whose directory is missing, or a
+            local path outside the allowed model folders.
     """
     name = (name_or_dir or "").strip()
     if not name:
@@ -164,15 +181,31 @@ def resolve_model_source(name_or_dir: str) -> str:
     if name in EMBEDDED_MODELS:
         return EMBEDDED_MODELS[name][0]()
     path = Path(name).expanduser()
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep == "\\"
+    roots = allowed_model_roots()
+    if roots is not None:
+        # A hub-like name that is also a local folder would be loaded from disk by
+        # transformers, so it is checked too.
+        if not (looks_like_path or os.path.lexists(path)):
+            return name
+        path = _inside_roots(name, path, roots)
     if path.is_dir():
         _check_local_dir(path)
         return str(path)
     if path.exists():
         raise LiftError(f"{name} is a file, not a model directory")
-    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep == "\\"
     if looks_like_path:
         raise LiftError(f"model directory {name} does not exist")
     return name  # a hub id such as "meta-llama/Llama-3.2-1B"
+
+
+def _inside_roots(name: str, path: Path, roots: list[Path]) -> Path:
+    resolved = path.resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise LiftError(f"model path {name} is outside the allowed model folders "
+                        f"({MODEL_ROOTS_ENV}); use a directory under them, an embedded model "
+                        "or a hub id")
+    return resolved
 
 
 def _check_local_dir(path: Path) -> None:
@@ -191,18 +224,20 @@ def load_config(name_or_dir: str, *, trust_remote_code: bool = False):
 
     source = resolve_model_source(name_or_dir)
     try:
-        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(source, trust_remote_code=bool(trust_remote_code))
     except Exception as exc:  # transformers raises OSError/ValueError with long texts
         raise _loading_error(name_or_dir, source, exc) from exc
 
 
 def _loading_error(name: str, source: str, exc: Exception) -> LiftError:
     text = str(exc)
-    if Path(source).is_dir():
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return LiftError(f"could not load the model in {source}: {first}")
     if "trust_remote_code" in text:
-        return LiftError(f"{name} needs its own code to load; opt in with trust_remote_code")
+        return LiftError(f"{name} needs its own Python code to load; opt in with "
+                         "--trust-remote-code (trust_remote_code=True) if you trust it")
+    if Path(source).is_dir():
+        # transformers' messages run over several lines: keep all of it, on one line.
+        return LiftError(f"could not load the model in {source}: "
+                         f"{' '.join(text.split()) or type(exc).__name__}")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or any(
         s in text.lower() for s in ("connect", "offline", "resolve", "network", "timed out",
                                     "couldn't", "could not", "max retries")
@@ -227,13 +262,22 @@ def is_causal_lm(config) -> bool:
     return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not getattr(config, "is_encoder_decoder", False) and not archs
 
 
-def estimate_parameters(config) -> int:
-    """Parameter count of the model a config describes, without allocating weights."""
+def meta_model(config, *, trust_remote_code: bool = False) -> nn.Module:
+    """The model a config describes, built on the meta device: shapes, no memory.
+
+    ``trust_remote_code`` is always passed explicitly: left unset, transformers asks on
+    stdin about a model with its own code, and a background job has no stdin.
+    """
     from transformers import AutoModel, AutoModelForCausalLM
 
     auto = AutoModelForCausalLM if is_causal_lm(config) else AutoModel
     with torch.device("meta"):
-        model = auto.from_config(config)
+        return auto.from_config(config, trust_remote_code=bool(trust_remote_code))
+
+
+def estimate_parameters(config, *, trust_remote_code: bool = False) -> int:
+    """Parameter count of the model a config describes, without allocating weights."""
+    model = meta_model(config, trust_remote_code=trust_remote_code)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -249,9 +293,10 @@ def available_memory_bytes() -> int:
     return 1 << 60
 
 
-def check_fits_in_memory(config, *, bytes_per_param: int = 4, headroom: float = 0.8) -> int:
+def check_fits_in_memory(config, *, bytes_per_param: int = 4, headroom: float = 0.8,
+                         trust_remote_code: bool = False) -> int:
     """Raise LiftError when the model would not fit in RAM; return its parameter count."""
-    params = estimate_parameters(config)
+    params = estimate_parameters(config, trust_remote_code=trust_remote_code)
     need = params * bytes_per_param
     have = available_memory_bytes()
     if need > have * headroom:
@@ -296,16 +341,22 @@ def load_model(
             "but not fine-tuned"
         )
     if check_memory:
-        check_fits_in_memory(config)
+        check_fits_in_memory(config, trust_remote_code=trust_remote_code)
     auto = AutoModelForCausalLM if (causal and kind != "encoder") else AutoModel
     source = resolve_model_source(name_or_dir)
     try:
         model = auto.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            source, dtype=dtype, use_safetensors=True, trust_remote_code=bool(trust_remote_code)
         )
     except Exception as exc:
         raise _loading_error(name_or_dir, source, exc) from exc
     return model.eval()
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    # tokenizer.json / tokenizer_config.json / tokenizer.model, or a bare vocabulary.
+    return any(("tok" in f.name or "vocab" in f.name or "spiece" in f.name)
+               for f in path.iterdir())
 
 
 def load_tokenizer(name_or_dir: str, *, trust_remote_code: bool = False):
@@ -314,8 +365,14 @@ def load_tokenizer(name_or_dir: str, *, trust_remote_code: bool = False):
 
     source = resolve_model_source(name_or_dir)
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(trust_remote_code))
     except Exception as exc:
+        if Path(source).is_dir() and not _has_tokenizer_files(Path(source)):
+            raise LiftError(
+                f"{source} has no tokenizer (no tokenizer.json, tokenizer_config.json or "
+                "vocabulary file); save the model's tokenizer there with "
+                "tokenizer.save_pretrained(...)"
+            ) from exc
         raise _loading_error(name_or_dir, source, exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

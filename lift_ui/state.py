@@ -24,8 +24,8 @@ from lift_core import masks as lift_masks
 from lift_core.analysis import analyze_model
 from lift_core.errors import LiftError
 from lift_core.models import (
-    DEFAULT_EXPLORE_MODEL, EMBEDDED_MODELS, LinearLayer, check_fits_in_memory, is_causal_lm,
-    layer_weight, layers_table, list_linear_layers, load_config, load_model,
+    DEFAULT_EXPLORE_MODEL, EMBEDDED_MODELS, LinearLayer, allowed_model_roots, check_fits_in_memory,
+    is_causal_lm, layer_weight, layers_table, list_linear_layers, load_config, load_model,
 )
 from lift_core.overlap import baseline_masks, overlap_vs_budget, overlap_vs_filter_rank, pairwise_jaccard
 from lift_core.spectra import cumulative_energy, summarize_spectrum
@@ -167,6 +167,9 @@ def _model_picker(bar) -> str | None:
     text = bar.text_input("Hub id or local directory", placeholder="e.g. gpt2 or ./my-model",
                           **_restore("model_text"))
     _remember("model_text", text)
+    roots = allowed_model_roots()
+    if roots:  # set by the operator (LIFT_MODEL_ROOTS); the core refuses every other path
+        bar.caption("Local models only under: " + ", ".join(f"`{r}`" for r in roots))
     if not text.strip():
         bar.info("Type a Hugging Face hub id or the path of a model directory, then press Enter.")
         return None

@@ -89,3 +89,20 @@ def test_method_table_mean_and_std_per_method():
     assert out.loc[0, "target_acc_mean"] == pytest.approx(0.6)
     assert out.loc[0, "target_acc_std"] == pytest.approx(0.1414, abs=1e-3)
     assert pd.isna(out.loc[1, "target_acc_std"])
+
+
+def test_summary_table_shows_no_after_numbers_for_a_run_stopped_before_evaluating(tmp_path):
+    from lift_core.compare_cli import summary_text
+    from tests.fake_runs import write_run
+
+    run = write_run(tmp_path / "lift", "lift", 0, status="stopped")
+    summary = json.loads((run / "summary.json").read_text())
+    # Stopped at step 7 of 60: the last complete evaluation is step 0's.
+    summary.update(steps_done=7, eval_step=0, target_acc=summary["target_acc_before"],
+                   source_acc=summary["source_acc_before"], forgetting=0.0)
+    (run / "summary.json").write_text(json.dumps(summary))
+    state = {"status": "stopped", "wall_seconds": 1.0,
+             "runs": [{"method": "lift", "path": str(run), "status": "stopped", "error": None}]}
+    row = summary_text(state).splitlines()[1]
+    assert row.split()[:3] == ["lift", "stopped", "7/60"]
+    assert row.count("n/a") == 3  # target after, source after, forgetting

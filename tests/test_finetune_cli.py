@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.finetune_cli import add_finetune_parser, config_from_args, run_finetune
+from lift_core.finetune_cli import (
+    add_finetune_parser,
+    config_from_args,
+    run_finetune,
+    summary_paragraph,
+)
 from lift_core.training import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,3 +131,32 @@ def test_python_m_lift_core_finetune_stops_cleanly_on_sigterm(char_llama, tmp_pa
     assert child.returncode == 1 and summary["status"] == "stopped", err
     assert summary["steps_done"] >= 1 and "stopped on request" in err
     assert out.startswith("lift on ") and "stopped after" in out
+
+
+def _summary(**changes) -> dict:
+    summary = {"method": "lift", "model": "builtin", "status": "completed", "steps": 20,
+               "steps_done": 20, "wall_seconds": 9.0, "seconds_per_step": 0.1,
+               "target_acc_before": 0.04, "source_acc_before": 0.96, "target_acc": 0.5,
+               "source_acc": 0.9, "forgetting": 0.06, "eval_step": 20, "trainable_params": 10,
+               "optimizer_state_bytes": 0, "peak_memory_bytes": 0, "budget_clipped_layers": 0}
+    return {**summary, **changes}
+
+
+def test_a_stopped_run_does_not_print_step_0_as_after():
+    # Issue 9: stopped at step 7, the last evaluation was step 0's, printed as "after".
+    text = summary_paragraph(_summary(status="stopped", steps_done=7, eval_step=0,
+                                      target_acc=0.04, source_acc=0.96, forgetting=0.0))
+    assert "stopped after 7/20 steps" in text
+    assert "no evaluation after training (before: target accuracy 4.0%, source accuracy 96.0%)" in text
+    assert "->" not in text and "forgetting" not in text
+
+
+def test_a_failed_run_names_its_last_evaluation():
+    text = summary_paragraph(_summary(status="failed", steps_done=15, eval_step=10))
+    assert "last evaluation at step 10: target accuracy 4.0% -> 50.0%" in text
+
+
+def test_a_completed_run_reads_as_before():
+    text = summary_paragraph(_summary())
+    assert "completed after 20/20 steps" in text and "last evaluation" not in text
+    assert "target accuracy 4.0% -> 50.0%, source accuracy 96.0% -> 90.0% (forgetting +6.0 points)" in text

@@ -139,3 +139,31 @@ def test_gpt2_conv1d_layers_train_too(method):
     else:
         assert not moved  # LoRA B starts at zero and the base stays frozen
         assert setup.model.peft_config["default"].fan_in_fan_out
+
+
+def test_lora_rank_above_the_budget_is_clipped_per_layer():
+    # Issue 9: --lora-rank 100000 on the 0.8M built-in model built 985.6M trainable numbers.
+    model = _tiny_llama()
+    shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in block_linear_names(model)}
+    setup = setup_method(model, "lora", lr=1e-2, lora_rank=100000, filter_rank=2,
+                         update_interval=10)
+    entries = sum(m * n for m, n in shapes.values())
+    assert setup.trainable_params <= entries
+    assert setup.clipped_layers == list(shapes)
+    for row in setup.layers:
+        m, n = row["shape"]
+        assert row["lora_rank"] == m * n // (m + n)
+        assert row["k"] == (m + n) * row["lora_rank"] <= m * n
+    for name, (m, n) in shapes.items():
+        module = setup.model.get_submodule(f"base_model.model.{name}")
+        rank = m * n // (m + n)
+        assert module.lora_A["default"].weight.shape == (rank, n)
+        assert module.scaling["default"] == 2.0  # alpha = 2 * rank in every layer
+    assert setup.trainable_params == sum(row["k"] for row in setup.layers)
+
+
+def test_lora_rank_within_the_budget_is_not_clipped():
+    setup = setup_method(_tiny_llama(), "lora", lr=1e-2, lora_rank=3, filter_rank=2,
+                         update_interval=10)
+    assert not setup.clipped_layers
+    assert all(row["lora_rank"] == 3 for row in setup.layers)

@@ -1,6 +1,7 @@
 """Model loading from embedded aliases and local directories, layer listing, load errors."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -159,3 +160,58 @@ def test_unknown_layer_name(minilm):
 )
 def test_layer_roles(name, role):
     assert layer_role(name) == role
+
+
+def test_missing_tokenizer_is_one_complete_line(tiny_llama_dir):
+    # Issue 9: the message stopped at "Couldn't instantiate the backend tokenizer from one of:".
+    with pytest.raises(LiftError) as info:
+        load_tokenizer(str(tiny_llama_dir))
+    text = str(info.value)
+    assert "\n" not in text and not text.rstrip().endswith(":")
+    assert "no tokenizer" in text and "save_pretrained" in text
+
+
+def test_remote_code_without_opt_in_says_how_to_opt_in(tmp_path, tiny_llama_dir):
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+    config.update(model_type="tiny-remote", auto_map={"AutoConfig": "configuration_tiny.TinyConfig"})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(LiftError, match="--trust-remote-code") as info:
+        load_config(str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture
+def model_roots(tmp_path, tiny_llama_dir, monkeypatch):
+    """LIFT_MODEL_ROOTS = tmp_path/allowed, holding a copy of the tiny Llama (and a way out)."""
+    import shutil
+
+    allowed = tmp_path / "allowed"
+    shutil.copytree(tiny_llama_dir, allowed / "llama")
+    (allowed / "escape").symlink_to(tiny_llama_dir, target_is_directory=True)
+    monkeypatch.setenv("LIFT_MODEL_ROOTS", f"{tmp_path / 'elsewhere'}{os.pathsep}{allowed}")
+    return allowed
+
+
+def test_model_roots_allow_directories_inside_them(model_roots):
+    # The checked path (symlinks and .. resolved) is the one that loads.
+    assert resolve_model_source(str(model_roots / "llama")) == str((model_roots / "llama").resolve())
+    assert load_model(str(model_roots / "llama")) is not None
+    assert resolve_model_source("builtin")  # embedded models are always allowed
+
+
+@pytest.mark.parametrize("where", ["outside", "missing", "symlink", "dotdot", "file"])
+def test_model_roots_refuse_everything_else_with_one_message(model_roots, tiny_llama_dir, where):
+    name = {
+        "outside": str(tiny_llama_dir),  # exists
+        "missing": "/no/such/model/dir",  # does not
+        "symlink": str(model_roots / "escape"),  # inside by name, outside once resolved
+        "dotdot": str(model_roots / ".." / ".." / tiny_llama_dir.name),
+        "file": "/etc/hostname",
+    }[where]
+    with pytest.raises(LiftError) as info:
+        load_model(name)
+    # The same words whether or not the path exists: the app must not reveal that.
+    assert str(info.value) == (f"model path {name} is outside the allowed model folders "
+                               "(LIFT_MODEL_ROOTS); use a directory under them, an embedded "
+                               "model or a hub id")
