@@ -20,6 +20,7 @@ import torch
 
 from lift_core.errors import LiftError
 from lift_core.methods import check_method, default_lr
+from lift_core.preflight import check_output_dir, check_training_fits
 from lift_core.records import PeakMemory, RunRecorder, library_versions
 from lift_core.svd import SVD_MODES
 
@@ -103,6 +104,8 @@ class FinetuneConfig:
         if self.max_grad_norm < 0:
             raise LiftError(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
         _check_device(self.device)
+        if self.out_dir is not None:  # a folder we cannot make fails now, not after loading
+            check_output_dir(self.out_dir)
         for name in ("train_data", "target_eval", "source_eval"):
             path = getattr(self, name)
             if path is not None and not Path(path).expanduser().is_file():
@@ -310,6 +313,7 @@ class _TrainingRun:
         cfg = self.config
         self.accelerator = _make_accelerator(cfg)
         self.device = self.accelerator.device
+        check_training_fits(cfg, self.device)  # from the config alone: refuse before allocating
         self.memory = PeakMemory(self.device)
         self.data = _load_data(cfg)
         model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code)
