@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lift_core.errors import LiftError
+from lift_core.run_folder import atomic_write, process_start
 
 # Popen objects of jobs this process started: polling them reaps finished children, which
 # would otherwise linger as zombies that still answer os.kill(pid, 0).
@@ -51,7 +52,7 @@ class Job:
         child = _CHILDREN.get(self.pid)
         if child is not None:
             return child.poll() is None
-        return _process_start(self.pid) == self.pid_start
+        return process_start(self.pid) == self.pid_start
 
     def log_tail(self, lines: int = 20) -> str:
         """Last lines of the job's combined stdout/stderr."""
@@ -130,8 +131,8 @@ class JobManager:
                 )
             _CHILDREN[child.pid] = child
             job = Job(job_id, label, full_argv, [str(d) for d in run_dirs], child.pid,
-                      _process_start(child.pid) or "", time.time(), str(log_path), extra or {})
-            _write_json_atomic(self._state_file, asdict(job))
+                      process_start(child.pid) or "", time.time(), str(log_path), extra or {})
+            atomic_write(self._state_file, json.dumps(asdict(job), indent=2))
             return job
 
     def stop(self, *, timeout: float = 15.0) -> bool:
@@ -149,7 +150,7 @@ class JobManager:
             if not job.is_alive():
                 return True
             time.sleep(0.2)
-        _signal(job.pid, signal.SIGKILL)  # last resort; the record then says "running"
+        _signal(job.pid, signal.SIGKILL)  # last resort; the record then shows "interrupted"
         time.sleep(0.2)
         return not job.is_alive()
 
@@ -159,23 +160,6 @@ def _signal(pid: int, sig: int) -> None:
         os.killpg(pid, sig)  # the job is its own session leader: reach its whole group
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/pid/stat), None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    state, start = fields[0], fields[19]
-    return None if state in ("Z", "X") else start
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _quote(arg: str) -> str:
