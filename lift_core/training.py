@@ -87,8 +87,8 @@ class FinetuneConfig:
     def __post_init__(self):
         check_method(self.method)
         _check_int("steps", self.steps, 1)
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise LiftError(f"learning rate must be > 0, got {self.lr!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise LiftError(f"learning rate must be > 0 and finite, got {self.lr!r}")
         for name in ("lora_rank", "filter_rank", "update_interval", "batch_size",
                      "eval_every", "eval_batch_size", "train_examples",
                      "max_length"):
