@@ -176,3 +176,10 @@ def test_the_app_model_box_does_not_reveal_paths_outside_the_roots(monkeypatch, 
         "model path <path> is outside the allowed model folders (LIFT_MODEL_ROOTS); use a "
         "directory under them, an embedded model or a hub id"]
     assert any(str(tmp_path) in c.value for c in at.sidebar.caption)
+
+
+def test_the_app_listens_only_on_this_machine_by_default():
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"  # before: every address (*:8501)
