@@ -22,8 +22,8 @@ from lift_core.errors import LiftError
 # Re-exported: the record's file names, the folder check, and the writing side, so that
 # callers import run records from one place.
 from lift_core.run_folder import (  # noqa: F401
-    CONFIG_FILE, METRICS_FILE, RECORD_FILES, RECORD_FORMAT, SUMMARY_FILE, RecordWriteError,
-    check_out_dir, describe_owner, owner_state, read_claim, read_json_object,
+    CLAIM_FILE, CONFIG_FILE, METRICS_FILE, RECORD_FILES, RECORD_FORMAT, SUMMARY_FILE,
+    RecordWriteError, check_out_dir, describe_owner, owner_state, read_claim, read_json_object,
 )
 from lift_core.run_writer import PeakMemory, RunRecorder, RunWriter, library_versions  # noqa: F401
 

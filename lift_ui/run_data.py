@@ -61,7 +61,7 @@ def progress_numbers(record: RunRecord | None, steps: int, now_elapsed: float | 
         last = float(m["elapsed"].iloc[-1])
         elapsed = max(elapsed or 0.0, last)
         start = float(m.loc[m["step"] == 0, "elapsed"].iloc[0]) if (m["step"] == 0).any() else 0.0
-        if done > 0 and record.summary is None:
+        if done > 0 and record.summary is None and record.status == "running":
             eta = (last - start) / done * (steps - done)
     return {"done": done, "steps": steps, "elapsed": elapsed, "eta": eta}
 
@@ -81,14 +81,13 @@ def optimizer_state_bytes(record: RunRecord) -> tuple[int | None, bool]:
     return trainable * per, False
 
 
-
-
 def tradeoff_points(records: dict[str, RunRecord]) -> pd.DataFrame:
-    """label, method, target_acc, forgetting per run, from its latest evaluation."""
+    """label, method, target_acc, forgetting per run, from its latest evaluation (runs that
+    failed or were interrupted are left out: their last numbers say nothing about the method)."""
     rows = []
     for label, record in records.items():
         m = record.metrics
-        if "source_acc" not in m:
+        if "source_acc" not in m or record.status in ("failed", "interrupted"):
             continue
         evals = m[m["source_acc"].notna()]
         if len(evals) < 2:
@@ -99,11 +98,17 @@ def tradeoff_points(records: dict[str, RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "method", "target_acc", "forgetting"])
 
 
+def completed_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a runs table that completed with a result. Failed, stopped, interrupted
+    and running runs carry before-training or part-way numbers, which would drag a mean."""
+    return table[(table["status"] == "completed") & table["target_acc"].notna() & table["forgetting"].notna()]
+
+
 def method_points(table: pd.DataFrame) -> pd.DataFrame:
-    """Trade-off points, one per method: mean ± std over the runs with a result."""
+    """Trade-off points, one per method: mean ± std over the completed runs (completed_runs)."""
     from lift_core.compare_cli import method_table
 
-    done = table[table["target_acc"].notna() & table["forgetting"].notna()]
+    done = completed_runs(table)
     if done.empty:
         return pd.DataFrame(columns=["label", "method", "target_acc", "forgetting"])
     agg = method_table(done)

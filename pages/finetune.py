@@ -4,7 +4,7 @@ import streamlit as st
 
 from lift_core.compare_cli import DEFAULT_METHODS
 from lift_core.methods import METHODS
-from lift_ui import training
+from lift_ui import job_view, training
 from lift_ui.state import require_app_navigation
 
 require_app_navigation()
@@ -35,4 +35,4 @@ if settings is not None:
                                    job_label=f"compare {', '.join(methods)} ({settings.steps} steps each)",
                                    key="ft_compare")
 
-training.job_panel(("finetune", "compare"), key="ft_live")
+job_view.job_panel(("finetune", "compare"), key="ft_live")

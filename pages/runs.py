@@ -13,6 +13,10 @@ if table.empty:
     st.info(f"No run records yet in `sample_runs/` or `{training.runs_root()}`. Launch one on the "
             "Fine-tune page, or make the sample runs: `bash sample_runs/make_sample_runs.sh`.")
     st.stop()
+unreadable = table[table["status"] == "unreadable"]
+if len(unreadable):
+    st.warning(f"{len(unreadable)} run record(s) cannot be read: "
+               + "; ".join(f"{label}: {note}" for label, note in zip(unreadable["label"], unreadable["note"])))
 
 labels = list(table["label"])
 default = [l for l in labels if l.startswith("sample_runs/")] or labels[-5:]
@@ -24,7 +28,7 @@ shown = table[table["label"].isin(picked)]
 
 columns = ["label", "method", "seed", "lr", "status", "steps_done", "steps", "target_acc_before", "target_acc",
            "source_acc_before", "source_acc", "forgetting", "trainable_params", "optimizer_state_bytes",
-           "seconds_per_step", "wall_seconds"]
+           "seconds_per_step", "wall_seconds", "note"]
 st.dataframe(shown[columns], hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="percent") for c in columns if "acc" in c or c == "forgetting"})
 st.download_button("Download the table (CSV)", shown.drop(columns=["path"]).to_csv(index=False),
@@ -39,5 +43,7 @@ left.caption("EMA-smoothed; colours and dashes as in the accuracy chart (hover f
 points = run_data.method_points(shown)
 right.plotly_chart(figs.tradeoff_figure(points, title="Accuracy vs forgetting (mean ± std per method)"),
                    key="runs_tradeoff")
-right.caption("One point per method: the mean over the picked runs that have a result, with ± one "
-              "standard deviation across seeds as error bars. Unfinished runs are left out.")
+left_out = len(shown) - len(run_data.completed_runs(shown))
+right.caption("One point per method: the mean over the picked runs that completed, with ± one standard "
+              "deviation across seeds as error bars. Failed, stopped, interrupted, running and unreadable "
+              f"runs are left out ({left_out} of the picked runs).")

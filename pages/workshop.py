@@ -5,7 +5,7 @@ import streamlit as st
 from lift_core.compare_cli import method_table
 from lift_core.records import runs_table
 from lift_ui import figures_training as figs
-from lift_ui import run_data, training
+from lift_ui import job_view, run_data, training
 from lift_ui.state import require_app_navigation
 
 require_app_navigation()
@@ -79,4 +79,4 @@ st.markdown(f"A short LIFT run on the built-in model ({demo.steps} steps, evalua
 st.code(training.command_text(argv), language="bash")
 training.launch_button("Start the live demo", argv, [out], kind="demo", slot="demo", settings=demo,
                        steps=demo.steps, job_label=f"live demo: lift, {demo.steps} steps", key="ws_demo")
-training.job_panel(("demo",), key="ws_live")
+job_view.job_panel(("demo",), key="ws_live")

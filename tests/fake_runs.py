@@ -7,9 +7,15 @@ runs being there. The numbers follow the real record format (docs/training.md).
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+
+from lift_core.run_folder import CLAIM_FILE
 
 TRAINABLE = {"lift": 39424, "magnitude": 39424, "random": 39424, "lora": 39424, "full": 802816}
 # (target accuracy after, source accuracy after) per method: LIFT up and to the left.
@@ -64,3 +70,12 @@ def write_sample_set(root: Path, seeds=(0, 1, 2)) -> Path:
         for seed in seeds:
             write_run(root / f"{method}-seed{seed}", method, seed)
     return root
+
+
+def write_interrupted_run(path: Path, method: str, seed: int, **kwargs) -> Path:
+    """An unfinished record plus the claim its writer left when it died (killed, no summary)."""
+    write_run(path, method, seed, finished=False, **kwargs)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim = {"pid": int(gone.stdout), "host": socket.gethostname(), "started": time.time(), "token": "gone"}
+    (path / CLAIM_FILE).write_text(json.dumps(claim))
+    return path

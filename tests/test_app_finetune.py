@@ -10,6 +10,7 @@ refused with the core's message.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +69,39 @@ def test_learning_rate_follows_the_method_until_typed(runs):
     assert lr() == "3e-4" and "--lr 0.0003" in at.code[0].value  # typed: kept
     at.text_input(key="_w_ft_lr").set_value("").run()  # cleared: back to the default
     assert lr() == f"{default_lr('lora'):g}"
+
+
+@pytest.mark.parametrize("typed", ["inf", "nan", "-1e-3", "0", "fast"])
+def test_a_learning_rate_no_run_can_use_is_refused_in_the_form(runs, typed):
+    at = _page(runs)
+    at.text_input(key="_w_ft_lr").set_value(typed).run()
+    assert not at.exception, at.exception
+    assert any(f"learning rate {typed!r} must be a finite number > 0" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key == "ft_run"]  # nothing to launch
+    assert JobManager(runs).last() is None
+
+
+# A job that writes the start of a real run record, then dies by SIGKILL (as from the OOM killer).
+_KILLED_JOB = """
+import os, signal, sys
+from lift_core.records import RunWriter
+writer = RunWriter(sys.argv[1])
+writer.write_config({"method": "lift", "steps": 200, "update_interval": 100})
+writer.append_metrics({"step": 0, "target_acc": 0.1, "source_acc": 0.9, "elapsed": 1.0})
+writer.append_metrics({"step": 1, "loss": 2.0, "lr": 1e-3, "elapsed": 1.5})
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_job_shows_as_interrupted_not_running(runs):
+    run = runs / "lift-killed"
+    job = JobManager(runs, launcher=[sys.executable, "-c", _KILLED_JOB]).start(
+        [str(run)], run_dirs=[run], label="lift, 200 steps", extra={"kind": "finetune", "steps": 200})
+    assert _wait(lambda: not job.is_alive(), timeout=30)
+    at = _page(runs)
+    assert any(s.value == "Last job: lift, 200 steps" for s in at.subheader)
+    assert any(e.value.startswith("The run was interrupted: process") for e in at.error), [e.value for e in at.error]
+    assert any("step 1/200" in p.proto.text for p in at.get("progress"))
 
 
 def test_encoder_only_model_gets_the_cores_message(runs):

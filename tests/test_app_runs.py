@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.fake_runs import write_run, write_sample_set
+from tests.fake_runs import write_interrupted_run, write_run, write_sample_set
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 REPO_SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
@@ -43,6 +43,32 @@ def test_runs_page_overlays_picked_runs_and_exports_csv(tmp_path, monkeypatch):
 
     at.multiselect(key="runs_picked").set_value([]).run()
     assert any("Pick one or more" in i.value for i in at.info)
+
+
+def test_one_bad_run_never_breaks_the_runs_page(tmp_path, monkeypatch):
+    samples = write_sample_set(tmp_path / "samples", seeds=(0,))
+    runs = tmp_path / "runs"
+    write_run(runs / "bad-config", "lift", 1)
+    (runs / "bad-config" / "config.json").write_text("[1, 2, 3]")
+    write_run(runs / "bad-summary", "lift", 2)
+    (runs / "bad-summary" / "summary.json").write_text("[1, 2, 3]")
+    write_interrupted_run(runs / "killed", "lora", 3)
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(samples))
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(runs))
+    at = _open("runs")
+    warning = " ".join(w.value for w in at.warning)
+    assert "2 run record(s) cannot be read" in warning and "holds a JSON list, not an object" in warning
+    picker = at.multiselect(key="runs_picked")
+    assert {"runs/bad-config", "runs/bad-summary", "runs/killed"} <= set(picker.options)
+    picker.set_value(["sample_runs/lora-seed0", "runs/killed", "runs/bad-config"]).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert dict(zip(table["label"], table["status"])) == {
+        "sample_runs/lora-seed0": "completed", "runs/killed": "interrupted", "runs/bad-config": "unreadable"}
+    killed = table[table["label"] == "runs/killed"].iloc[0]
+    assert killed["steps_done"] == 30 and killed["target_acc_before"] is not None  # from step 0
+    assert "ended without writing a summary" in killed["note"]
+    assert any("(2 of the picked runs)" in c.value for c in at.caption)  # the trade-off leaves them out
 
 
 def test_runs_page_without_records_says_how_to_make_some(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ from lift_core.compare_cli import method_table
 from lift_core.records import read_run, runs_table
 from lift_ui import figures_training as figs
 from lift_ui import run_data
-from tests.fake_runs import write_run, write_sample_set
+from tests.fake_runs import write_interrupted_run, write_run, write_sample_set
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,29 @@ def test_tradeoff_figure_one_point_per_method_with_error_bars(samples):
     row = table[table["method"] == "lift"]
     assert lift.x[0] == pytest.approx(100 * row["forgetting"].mean())
     assert "forgetting" in fig.layout.xaxis.title.text
+
+
+def test_method_points_leave_out_runs_that_did_not_complete(samples, tmp_path):
+    extra = []
+    for name, status in (("failed", "failed"), ("stopped", "stopped")):
+        run = write_run(tmp_path / name, "lift", 9, status=status)
+        summary = json.loads((run / "summary.json").read_text())
+        # Ended before its first evaluation: the "after" numbers are the step-0 ones.
+        summary.update(target_acc=summary["target_acc_before"], source_acc=summary["source_acc_before"],
+                       forgetting=0.0, steps_done=3)
+        (run / "summary.json").write_text(json.dumps(summary))
+        extra.append(run)
+    extra.append(write_interrupted_run(tmp_path / "killed", "lift", 8))
+    table = runs_table([*sorted(samples.iterdir()), *extra])
+    assert table.set_index("run").loc[["failed", "stopped", "killed"], "status"].tolist() == [
+        "failed", "stopped", "interrupted"]
+    points = run_data.method_points(table).set_index("method")
+    completed = table[(table["method"] == "lift") & (table["status"] == "completed")]
+    assert points.loc["lift", "runs"] == 2
+    assert points.loc["lift", "target_acc"] == pytest.approx(completed["target_acc"].mean())
+    assert len(run_data.completed_runs(table)) == len(table) - 3
+    records = {r.name: read_run(r) for r in extra}
+    assert list(run_data.tradeoff_points(records)["label"]) == ["stopped"]  # failed and killed: no point
 
 
 def test_tradeoff_figure_skips_runs_without_a_result():

@@ -99,3 +99,35 @@ def test_runs_table_has_one_row_per_run(tmp_path):
 def test_read_run_rejects_a_directory_without_a_record(tmp_path):
     with pytest.raises(LiftError, match="not a run directory"):
         read_run(tmp_path)
+
+
+def test_overwrite_touches_only_the_record_and_its_stray_temporary_files(tmp_path):
+    run = _write_run(tmp_path / "run")
+    (run / "notes.txt").write_text("keep me")
+    (run / ".summary.json.999-deadbeef.tmp").write_text("")  # left by a run killed mid-write
+    writer = RunWriter(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == [".lift-claim.json", "metrics.jsonl", "notes.txt"]
+    writer.write_config({"method": "full"})
+    writer.write_summary({"status": "completed"})
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "notes.txt", "summary.json"]
+
+
+def test_atomic_writes_in_parallel_never_share_a_temporary_file(tmp_path):
+    import threading
+
+    from lift_core.run_folder import atomic_write
+
+    errors = []
+
+    def write(n):
+        for i in range(50):
+            try:
+                atomic_write(tmp_path / "config.json", json.dumps({"writer": n, "i": i}))
+            except Exception as exc:  # the old shared ".config.json.tmp" raced here
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and json.loads((tmp_path / "config.json").read_text())["i"] == 49
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
