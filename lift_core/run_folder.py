@@ -210,10 +210,10 @@ def _check_contents(path: Path, *, overwrite: bool, claim: dict | None) -> None:
     foreign = foreign_entries(path)
     shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
     if foreign and not overwrite:
-        raise LiftError(f"output directory {path} is not empty (it holds {shown}, which is not "
-                        "part of a run record); choose a new or empty folder")
+        raise LiftError(f"output directory {path} is not empty (it holds {shown}, which a run "
+                        "record never has); choose a new or empty folder")
     if foreign:
-        raise LiftError(f"output directory {path} holds {shown}, which is not part of a run record "
+        raise LiftError(f"output directory {path} holds {shown}, which a run record never has "
                         "(a model or other data?); runs are never written there, even with "
                         "--overwrite: choose a new or empty folder")
     if claim is not None and not claim.get("status") and owner_state(claim) != "dead":
