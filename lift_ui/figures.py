@@ -46,10 +46,26 @@ def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     return fig
 
 
+def log_ticks(low: float, high: float, unit: str = "") -> dict:
+    """Axis ticks at 1-2-5 steps of each decade within [low, high], labelled in full.
+
+    Plotly's own log ticks label sub-decade steps by their first digit only ("2 … 5 … 9"
+    below 1 read as 2 … 9 above it), so the charts place and label every tick themselves.
+    """
+    low, high = max(float(low), 1e-12), max(float(high), 1e-12)
+    values = [m * 10.0**e for e in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+              for m in (1, 2, 5) if low <= m * 10.0**e <= high]
+    return dict(tickmode="array", tickvals=values, ticktext=[f"{v:g}{unit}" for v in values])
+
+
 def spectrum_figure(
     singular_values: np.ndarray, shuffled: np.ndarray, mp_edge: float, filter_rank: int
 ) -> go.Figure:
     """Singular values vs index on log-log axes, with the shuffled copy and the MP edge.
+
+    The last singular values of a square matrix dive towards 0 and would squeeze the part
+    that matters (the top and the bulk) into a sliver, so values below the 10th percentile
+    of W's are not drawn (for W and the shuffled copy alike) and the axis title says so.
 
     Args:
         singular_values: descending singular values of W.
@@ -58,35 +74,33 @@ def spectrum_figure(
         filter_rank: r, marked with a vertical line.
     """
     s = np.asarray(singular_values, dtype=float)
-    idx = np.arange(1, len(s) + 1)
+    positive = s[s > 0]
+    low = float(np.quantile(positive, 0.10)) if len(positive) else 1e-6
+    high = float(s.max(initial=1.0))
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=idx, y=s, name="W", mode="lines+markers",
-                             marker=dict(size=3), line=dict(color=COLORS["lift"], width=2)))
-    if len(shuffled):
-        sh = np.asarray(shuffled, dtype=float)
-        fig.add_trace(go.Scatter(x=np.arange(1, len(sh) + 1), y=sh, name="shuffled copy",
-                                 mode="lines", line=dict(color=COLORS["shuffled"], dash="dot")))
+    for values, name, style in ((s, "W", dict(mode="lines+markers", marker=dict(size=3),
+                                                 line=dict(color=COLORS["lift"], width=2))),
+                                (np.asarray(shuffled, dtype=float), "shuffled copy",
+                                 dict(mode="lines", line=dict(color=COLORS["shuffled"], dash="dot")))):
+        if len(values):  # the cut tail becomes gaps, so indices stay those of W
+            fig.add_trace(go.Scatter(x=np.arange(1, len(values) + 1), y=np.where(values >= low, values, np.nan),
+                                     name=name, connectgaps=False, **style))
     # Reference lines are traces (not shapes) so they behave on log axes and in tests.
     fig.add_trace(go.Scatter(x=[1, len(s)], y=[mp_edge, mp_edge], mode="lines",
                              name=f"MP bulk edge ({mp_edge:.3g})",
                              line=dict(color="black", dash="dash", width=1)))
-    positive = s[s > 0]
-    # The last few singular values of a square matrix dive towards 0 and would squeeze the
-    # part that matters (the top and the bulk) into a sliver: the axis stops at the 10th
-    # percentile and the title says so.
-    low = float(np.quantile(positive, 0.10)) if len(positive) else 1e-6
-    high = float(s.max(initial=1.0))
     fig.add_trace(go.Scatter(x=[filter_rank, filter_rank], y=[low, high],
                              mode="lines", name=f"filter rank r = {filter_rank}",
                              line=dict(color=COLORS["marker"], width=1)))
-    fig.update_xaxes(type="log", title="index i (log)")
-    fig.update_yaxes(type="log", title="singular value σ_i (log; smallest 10% cut)",
-                     range=[np.log10(low / 1.3), np.log10(high * 1.3)])
+    fig.update_xaxes(type="log", title="index i (log)", **log_ticks(1, len(s)))
+    bottom, top = low / 1.3, high * 1.3
+    fig.update_yaxes(type="log", title=f"singular value σ_i (log; below {low:.2g}, the lowest 10%, not drawn)",
+                     range=[np.log10(bottom), np.log10(top)], **log_ticks(bottom, top))
     return _layout(fig, "Singular values")
 
 
 def energy_figure(energy: np.ndarray, filter_rank: int) -> go.Figure:
-    """Cumulative energy (fraction of ||W||_F² kept by rank r) with the filter rank marked."""
+    """Cumulative energy (fraction of ‖W‖²_F kept by rank r) with the filter rank marked."""
     e = np.asarray(energy, dtype=float)
     ranks = np.arange(1, len(e) + 1)
     fig = go.Figure()
@@ -97,30 +111,58 @@ def energy_figure(energy: np.ndarray, filter_rank: int) -> go.Figure:
                              mode="markers+text", text=[f"r={r}: {e[r - 1]:.0%}"],
                              textposition="middle right",
                              marker=dict(color=COLORS["marker"], size=10)))
-    fig.update_xaxes(type="log", title="rank r (log)")
-    fig.update_yaxes(range=[0, 1.02], title="fraction of ||W||_F² kept", tickformat=".0%")
+    fig.update_xaxes(type="log", title="rank r (log)", **log_ticks(1, len(e)))
+    fig.update_yaxes(range=[0, 1.02], title="fraction of ‖W‖<sub>F</sub><sup>2</sup> kept", tickformat=".0%")
     return _layout(fig, "Cumulative energy of the rank-r approximation")
 
 
+# "LIFT vs random" and "magnitude vs random" are both chance level and coincide: the first is
+# drawn as a wide pale band with large dots, the second as a thin line with open diamonds on top.
+_SWEEP_STYLE = {
+    "jaccard_lift_vs_random": dict(width=7, opacity=0.45, symbol="circle", size=11),
+    "jaccard_magnitude_vs_random": dict(width=1.5, opacity=1.0, symbol="diamond-open", size=8),
+}
+
+
 def overlap_sweep_figure(
-    table: pd.DataFrame, x: str, current: int, x_title: str, title: str
+    table: pd.DataFrame, x: str, current: float, x_title: str, title: str, *,
+    current_jaccard: float | None = None, tick_unit: str = "",
 ) -> go.Figure:
     """Jaccard of mask pairs as one knob varies (a column of ``table``), log x axis.
 
     Args:
-        table: rows from lift_core.overlap.overlap_vs_filter_rank / overlap_vs_budget.
-        x: the column that varies ("filter_rank" or "lora_rank").
+        table: rows from lift_core.overlap.overlap_vs_filter_rank / overlap_vs_budget. Rows
+            whose budget covers the whole matrix (``density`` 1) are marked as clipped.
+        x: the column that varies ("filter_rank", "lora_rank" or a density column).
         current: the sidebar's current value, marked with a vertical line.
+        current_jaccard: LIFT vs magnitude at exactly the current settings, drawn as a point
+            on the line (between sweep points the line only interpolates).
+        tick_unit: appended to the x tick labels (e.g. "%").
     """
     fig = go.Figure()
     for column, (label, color, dash) in SWEEP_LINES.items():
         if column in table:
-            fig.add_trace(go.Scatter(x=table[x], y=table[column], name=label,
-                                     mode="lines+markers", line=dict(color=color, dash=dash)))
+            style = _SWEEP_STYLE.get(column, dict(width=2, opacity=1.0, symbol="circle", size=6))
+            fig.add_trace(go.Scatter(
+                x=table[x], y=table[column], name=label, mode="lines+markers", opacity=style["opacity"],
+                line=dict(color=color, dash=dash, width=style["width"]),
+                marker=dict(symbol=style["symbol"], size=style["size"], color=color)))
+    if "density" in table and (table["density"] >= 1).any():
+        clipped = table[table["density"] >= 1]
+        fig.add_trace(go.Scatter(
+            x=clipped[x], y=[1.0] * len(clipped), mode="markers+text", text=["whole matrix"] + [""] * (len(clipped) - 1),
+            textposition="bottom center", name="budget clipped to the whole matrix (every mask = all entries)",
+            marker=dict(symbol="x", size=12, color="black")))
     fig.add_trace(go.Scatter(x=[current, current], y=[0, 1], mode="lines", name="current",
                              line=dict(color=COLORS["marker"], width=1), showlegend=False))
-    fig.update_xaxes(type="log", title=x_title)
-    fig.update_yaxes(range=[0, 1.02], title="Jaccard |A∩B| / |A∪B|")
+    if current_jaccard is not None:
+        fig.add_trace(go.Scatter(
+            x=[current], y=[current_jaccard], mode="markers", name=f"now: LIFT vs magnitude {current_jaccard:.3f}",
+            marker=dict(symbol="star", size=14, color=COLORS["marker"], line=dict(color="white", width=1))))
+    values = pd.to_numeric(table[x], errors="coerce").dropna()
+    low, high = min(values.min(), current), max(values.max(), current)
+    fig.update_xaxes(type="log", title=x_title, **log_ticks(low, high, tick_unit))
+    fig.update_yaxes(range=[0, 1.05], title="Jaccard |A∩B| / |A∪B|")
     fig = _layout(fig, title)
     # Curves rise to the right, so the upper-left corner is free for the legend.
     fig.update_layout(legend=dict(orientation="v", x=0.02, y=0.98, xanchor="left", yanchor="top",

@@ -12,10 +12,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from lift_ui.figures import COLORS, _layout
+from lift_ui.pooling import difference_counts, majority_codes
 
 # Difference codes of lift_core.overlap.mask_difference(lift, magnitude).
 DIFFERENCE_LABELS = ("neither", "only LIFT", "only magnitude", "both")
 DIFFERENCE_COLORS = ("#f2f2f2", COLORS["lift"], COLORS["magnitude"], "#262626")
+# Pooled blocks are drawn by their most common kind (lift_ui.pooling.majority_codes).
+POOLED_LABELS = ("no selected entry", "mostly only LIFT", "mostly only magnitude", "mostly both",
+                 "tie: only LIFT = only magnitude")
+POOLED_COLORS = DIFFERENCE_COLORS + ("#a9a9a9",)
+_PLOT_SIDE = 430  # px a matrix gets across in half of a 1,400 px page, colour bar aside
 
 
 def _placed_heatmap(z, factor: int, row0: int, col0: int, **kwargs) -> go.Heatmap:
@@ -23,52 +29,94 @@ def _placed_heatmap(z, factor: int, row0: int, col0: int, **kwargs) -> go.Heatma
 
 
 def _matrix_axes(fig: go.Figure, factor: int) -> go.Figure:
-    block = f" (blocks of {factor}x{factor})" if factor > 1 else ""
-    fig.update_xaxes(title=f"input feature (column){block}", showgrid=False)
-    fig.update_yaxes(title="output unit (row)", autorange="reversed", showgrid=False,
-                     scaleanchor=None)
+    """Row 0 on top and square cells, so a 1536x384 matrix is drawn four times taller than wide."""
+    block = f" · cells are blocks of {factor}x{factor} entries" if factor > 1 else ""
+    fig.update_xaxes(title=f"column = input feature{block}", showgrid=False, constrain="domain")
+    fig.update_yaxes(title="row = output unit", autorange="reversed", showgrid=False,
+                     scaleanchor="x", scaleratio=1, constrain="domain")
     return fig
 
 
+def _matrix_height(z: np.ndarray) -> int:
+    """Figure height that gives the matrix its aspect ratio within sensible bounds."""
+    rows, cols = np.shape(z)[-2:]
+    plot = min(max(_PLOT_SIDE * rows / max(cols, 1), 220), 640)
+    return int(plot + 110)  # title and axis title
+
+
+def _hover_place(factor: int) -> str:
+    return "block at row %{y}, col %{x}" if factor > 1 else "row %{y}, col %{x}"
+
+
 def magnitude_heatmap(
-    z: np.ndarray, title: str, *, factor: int = 1, row0: int = 0, col0: int = 0
+    z: np.ndarray, title: str, *, factor: int = 1, row0: int = 0, col0: int = 0,
+    zmax: float | None = None,
 ) -> go.Figure:
-    """Heatmap of |W| or |W_r| (already max-pooled by ``factor`` when factor > 1)."""
-    hover = "row %{y}, col %{x}: %{z:.3g}<extra></extra>"
-    fig = go.Figure(_placed_heatmap(np.asarray(z, dtype=float), factor, row0, col0,
-                                    colorscale="Viridis", colorbar=dict(title="|value|"),
-                                    hovertemplate=hover))
-    return _layout(_matrix_axes(fig, factor), title, height=420)
+    """Heatmap of |W| or |W_r| (already max-pooled by ``factor`` when factor > 1).
+
+    Args:
+        zmax: top of the colour scale; pass the same value to panels meant to be compared.
+    """
+    z = np.asarray(z, dtype=float)
+    top = float(z.max(initial=0)) if zmax is None else float(zmax)
+    hover = _hover_place(factor) + ": %{z:.3g}<extra></extra>"
+    fig = go.Figure(_placed_heatmap(z, factor, row0, col0, colorscale="Viridis", zmin=0, zmax=max(top, 1e-9),
+                                    colorbar=dict(title="|value|"), hovertemplate=hover))
+    return _layout(_matrix_axes(fig, factor), title, height=_matrix_height(z))
 
 
 def mask_heatmap(
-    z: np.ndarray, title: str, *, factor: int = 1, row0: int = 0, col0: int = 0, color: str = COLORS["lift"]
+    z: np.ndarray, title: str, *, factor: int = 1, row0: int = 0, col0: int = 0,
+    color: str = COLORS["lift"], zmax: float | None = None,
 ) -> go.Figure:
-    """Heatmap of one mask: 0/1 at full resolution, the selected fraction per block when pooled."""
+    """Heatmap of one mask: 0/1 at full resolution, the selected fraction per block when pooled.
+
+    Args:
+        zmax: top of the colour scale when pooled (default: this mask's largest fraction);
+            pass the same value to the LIFT and magnitude panels so equal shades mean equal shares.
+    """
     z = np.asarray(z, dtype=float)
     label = "selected" if factor == 1 else "fraction selected"
-    hover = "row %{y}, col %{x}: %{z:.2f}<extra></extra>"
+    top = 1.0 if factor == 1 else float(z.max(initial=0) if zmax is None else zmax)
+    hover = _hover_place(factor) + ": %{z:.2f}<extra></extra>"
     fig = go.Figure(_placed_heatmap(z, factor, row0, col0, colorscale=[[0, "#ffffff"], [1, color]],
-                                    zmin=0, zmax=1 if factor == 1 else max(float(z.max(initial=0)), 1e-9),
-                                    showscale=factor > 1, colorbar=dict(title=label), hovertemplate=hover))
-    return _layout(_matrix_axes(fig, factor), title, height=420)
+                                    zmin=0, zmax=max(top, 1e-9), showscale=factor > 1,
+                                    colorbar=dict(title=label), hovertemplate=hover))
+    return _layout(_matrix_axes(fig, factor), title, height=_matrix_height(z))
 
 
 def difference_heatmap(
-    codes: np.ndarray, title: str, *, factor: int = 1, row0: int = 0, col0: int = 0
+    data: np.ndarray, title: str, *, factor: int = 1, row0: int = 0, col0: int = 0
 ) -> go.Figure:
-    """4-colour categorical map: 0 neither, 1 only LIFT, 2 only magnitude, 3 both."""
-    codes = np.asarray(codes, dtype=int)
+    """Categorical map of where LIFT and magnitude differ.
+
+    Args:
+        data: difference codes (m, n) at full resolution (0 neither, 1 only LIFT, 2 only
+            magnitude, 3 both), or per-block counts (3, rows, cols) from
+            :func:`lift_ui.pooling.difference_counts`; blocks are coloured by their most
+            common kind and the hover shows the counts.
+    """
+    data = np.asarray(data)
+    counts = data if data.ndim == 3 else difference_counts(data, 1)
+    codes = majority_codes(counts)
+    pooled = factor > 1
+    labels, colors = (POOLED_LABELS, POOLED_COLORS) if pooled else (DIFFERENCE_LABELS, DIFFERENCE_COLORS)
     scale = []
-    for i, color in enumerate(DIFFERENCE_COLORS):
-        scale += [[i / 4, color], [(i + 1) / 4, color]]
-    names = np.asarray(DIFFERENCE_LABELS, dtype=object)[codes]
+    for i, color in enumerate(colors):
+        scale += [[i / len(colors), color], [(i + 1) / len(colors), color]]
+    names = np.asarray(labels, dtype=object)[codes]
+    if pooled:
+        custom = np.stack([names, *counts.astype(object)], axis=-1)
+        hover = (_hover_place(factor) + ": %{customdata[0]}<br>only LIFT %{customdata[1]}, "
+                 "only magnitude %{customdata[2]}, both %{customdata[3]}<extra></extra>")
+    else:
+        custom, hover = names, _hover_place(factor) + ": %{customdata}<extra></extra>"
     fig = go.Figure(_placed_heatmap(
-        codes, factor, row0, col0, zmin=-0.5, zmax=3.5, colorscale=scale, customdata=names,
-        hovertemplate="row %{y}, col %{x}: %{customdata}<extra></extra>",
-        colorbar=dict(tickvals=[0, 1, 2, 3], ticktext=list(DIFFERENCE_LABELS), title=""),
+        codes, factor, row0, col0, zmin=-0.5, zmax=len(colors) - 0.5, colorscale=scale,
+        customdata=custom, hovertemplate=hover,
+        colorbar=dict(tickvals=list(range(len(labels))), ticktext=list(labels), title=""),
     ))
-    return _layout(_matrix_axes(fig, factor), title, height=460)
+    return _layout(_matrix_axes(fig, factor), title, height=_matrix_height(codes))
 
 
 def row_col_figure(

@@ -2,7 +2,24 @@
 
 import streamlit as st
 
-from lift_ui import state
+from lift_core.compare_cli import method_table
+from lift_core.records import runs_table
+from lift_ui import run_data, state, training
+
+
+def _sample_runs_forgetting() -> str:
+    """What the shipped sample runs measured about forgetting, computed from their records
+    (the same sentence as the Workshop's), so the page cannot contradict them."""
+    records = training.sample_records()
+    if not records:
+        return ""
+    table = runs_table([r.path for r in records.values()])
+    found = run_data.workshop_findings(method_table(table)).get("forgetting")
+    if not found:
+        return ""
+    return (f"**What the shipped sample runs measured** ({len(records)} short runs of the built-in "
+            f"tiny Llama, far from the paper's scale; see the Workshop): {found}")
+
 
 st.title("LIFT Studio")
 st.markdown(
@@ -16,8 +33,13 @@ st.markdown(
 st.markdown(
     "The paper's finding: these principal weights are **not** simply the largest weights. "
     "Plain magnitude selection is a poor baseline, but after rank reduction it becomes a "
-    "strong one; LIFT matches or beats full fine-tuning on reasoning tasks and forgets less."
+    "strong one. On Llama-scale models the paper reports that LIFT matches or beats full "
+    "fine-tuning on reasoning tasks and forgets less of the source domain than full "
+    "fine-tuning and LoRA."
 )
+measured = _sample_runs_forgetting()
+if measured:
+    st.markdown(measured)
 sel = state.explorer_sidebar()
 st.subheader("Explore")
 cols = st.columns(3)

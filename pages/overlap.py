@@ -13,29 +13,40 @@ if sel is None:
     st.stop()
 
 st.caption(f"{sel.layer.label} · `{sel.layer.name}` · {sel.budget_text} · filter rank r = {sel.filter_rank}")
+name, layer = sel.model_name, sel.layer.name
+masks = state.layer_masks(name, layer, sel.k, sel.filter_rank, sel.svd)
+pairs = state.pairwise(masks)
+now = float(pairs.loc["lift", "magnitude"])
+density = sel.k / sel.layer.numel
 st.markdown(
     "Jaccard = |A∩B| / |A∪B|: 1 for identical masks; two unrelated masks of density "
     "d = k/(m·n) share only by chance, Jaccard ≈ d/(2−d). "
     "The paper reports LIFT-vs-magnitude overlap of ~20% (up to 40%) for Q/K and ~5% (up to "
-    "20%) for up/down projections, growing with the filter rank; on MiniLM at rank 8 it is "
-    "0.05–0.20 per layer."
+    f"20%) for up/down projections, growing with the filter rank. Here, for `{layer}` of "
+    f"{name} at these settings, it is **{now:.3f}** (chance: {density / (2 - density):.3f})."
 )
-name, layer = sel.model_name, sel.layer.name
 left, right = st.columns(2)
 by_rank = state.sweep_filter_rank(name, layer, sel.k, sel.svd)
 left.plotly_chart(overlap_sweep_figure(by_rank, "filter_rank", sel.filter_rank, "filter rank r (log)",
-                                       f"vs filter rank, at k = {sel.k:,}"))
+                                       f"vs filter rank, at k = {sel.k:,}", current_jaccard=now))
 left.caption("At full rank W_r = W, so LIFT and magnitude coincide (Jaccard 1). At small r "
              "they share little: principal weights are not the largest weights.")
 by_budget = state.sweep_budget(name, layer, sel.filter_rank, sel.svd)
-right.plotly_chart(overlap_sweep_figure(by_budget, "lora_rank", sel.lora_rank,
-                                        "budget as LoRA rank (log)", f"vs budget, at r = {sel.filter_rank}"))
-right.caption("Bigger budgets overlap more by simple counting: the random line shows how much "
-              "overlap chance alone gives at each budget.")
+if sel.density is None:
+    budget_chart = overlap_sweep_figure(by_budget, "lora_rank", sel.lora_rank, "budget as LoRA rank (log)",
+                                        f"vs budget, at r = {sel.filter_rank}", current_jaccard=now)
+else:  # the budget in use is a density: the same sweep on a density axis, marked there
+    budget_chart = overlap_sweep_figure(by_budget.assign(density_pct=100 * by_budget["density"]), "density_pct",
+                                        100 * density, "budget as density, % of the matrix (log)",
+                                        f"vs budget, at r = {sel.filter_rank}", current_jaccard=now, tick_unit="%")
+right.plotly_chart(budget_chart)
+right.caption("Bigger budgets overlap more by simple counting: the random lines show how much "
+              "overlap chance alone gives at each budget. LIFT vs random (wide grey) and magnitude "
+              "vs random (thin, open diamonds) lie on top of each other: both are chance level. "
+              "The star is the current setting, the same value as in the table below.")
 
 left, right = st.columns([2, 3])
-masks = state.layer_masks(name, layer, sel.k, sel.filter_rank, sel.svd)
-left.plotly_chart(pairwise_figure(state.pairwise(masks)))
+left.plotly_chart(pairwise_figure(pairs))
 right.markdown(
     "**The four masks, same k:** *LIFT* (largest |W_r|, the paper's method), *magnitude* "
     "(largest |W|), *random*, and *LIFT-smallest* (smallest |W_r|: the default in the "
@@ -53,8 +64,7 @@ args = (name, sel.lora_rank, sel.filter_rank, sel.svd)
 found = state.cached_model_analysis(*args)
 slot = st.empty()
 if found is None and slot.button("Analyze every layer", type="primary", key="analyze_all"):
-    slot.empty()
-    bar = st.progress(0.0, text="starting…")
+    bar = slot.progress(0.0, text="starting…")  # takes the button's place, leaving no faded copy
     try:
         found = state.model_analysis(*args, progress=lambda done, total, layer_name: bar.progress(
             done / total, text=f"{done}/{total} · {layer_name}"))

@@ -4,8 +4,22 @@ import streamlit as st
 
 from lift_core.overlap import mask_difference, row_col_counts
 from lift_ui import state
+from lift_ui.figures import COLORS
 from lift_ui.figures_matrix import difference_heatmap, magnitude_heatmap, mask_heatmap, row_col_figure
-from lift_ui.pooling import ZOOM_SIDE, MatrixView
+from lift_ui.pooling import BOTH, ONLY_LIFT, ONLY_MAGNITUDE, TIED, ZOOM_SIDE, MatrixView, category_shares
+
+
+def _overlap_metrics(box, codes, where: str) -> None:
+    """Jaccard and entry counts of a difference-code array (the whole matrix or a window)."""
+    both, only_lift, only_mag = (int((codes == code).sum()) for code in (BOTH, ONLY_LIFT, ONLY_MAGNITUDE))
+    union = both + only_lift + only_mag
+    box.metric(f"Jaccard LIFT vs magnitude, {where}", f"{both / union:.3f}" if union else "–",
+               help="|A∩B| / |A∪B| of the selected entries")
+    box.metric(f"Selected by both, {where}", f"{both:,} of {union:,}",
+               help="Entries in both masks, of those in either.")
+    box.metric(f"Only LIFT / only magnitude, {where}", f"{only_lift:,} / {only_mag:,}",
+               help="Over the whole matrix both masks hold k entries, so the two counts are equal.")
+
 
 st.title("Principal weights")
 sel = state.explorer_sidebar()
@@ -28,31 +42,41 @@ if st.toggle(f"Zoom: one {ZOOM_SIDE}x{ZOOM_SIDE} window at full resolution", key
     col0 = c2.slider("First column", 0, n - ZOOM_SIDE, key="pw_col") if n > ZOOM_SIDE else 0
     view = MatrixView.window((m, n), row0, col0)
 
+# Panels side by side share one colour scale, so equal shades mean equal values.
+w_view, wr_view = view.magnitudes(w_abs), view.magnitudes(wr_abs)
+top = float(max(w_view.max(initial=0), wr_view.max(initial=0)))
+lift_view, mag_view = view.mask(masks["lift"]), view.mask(masks["magnitude"])
+share_top = float(max(lift_view.max(initial=0), mag_view.max(initial=0)))
 left, right = st.columns(2)
-left.plotly_chart(magnitude_heatmap(view.magnitudes(w_abs), "|W|", **view.placement))
-right.plotly_chart(magnitude_heatmap(view.magnitudes(wr_abs), f"|W_r|, r = {sel.filter_rank}", **view.placement))
-left.plotly_chart(mask_heatmap(view.mask(masks["lift"]), "LIFT mask: largest |W_r|", **view.placement))
-right.plotly_chart(mask_heatmap(view.mask(masks["magnitude"]), "magnitude mask: largest |W|",
-                                color="#5e3c99", **view.placement))
+left.plotly_chart(magnitude_heatmap(w_view, "|W|", zmax=top, **view.placement))
+right.plotly_chart(magnitude_heatmap(wr_view, f"|W_r|, r = {sel.filter_rank}", zmax=top, **view.placement))
+left.plotly_chart(mask_heatmap(lift_view, "LIFT mask: largest |W_r|", zmax=share_top, **view.placement))
+right.plotly_chart(mask_heatmap(mag_view, "magnitude mask: largest |W|", color=COLORS["magnitude"],
+                                zmax=share_top, **view.placement))
 pooled = view.factor > 1
 st.caption(
     f"Showing {view.describe()}. Rows are output units, columns input features. "
     + ("Magnitude maps show each block's largest entry; mask maps show the fraction of each "
-       "block that is selected." if pooled else "")
+       "block that is selected. " if pooled else "")
+    + "The two panels of each row share one colour scale."
 )
 
 left, right = st.columns([3, 2])
-left.plotly_chart(difference_heatmap(view.codes(codes), "Where LIFT and magnitude differ", **view.placement))
-both = int((codes == 3).sum())
-right.metric("Selected by both", f"{both:,} of {sel.k:,}", help="Entries in both masks (each mask has k entries).")
-right.metric("Jaccard LIFT vs magnitude", f"{both / (2 * sel.k - both):.3f}", help="|A∩B| / |A∪B|")
-right.metric("Only LIFT (and as many only magnitude)", f"{int((codes == 1).sum()):,}",
-             help="Both masks hold exactly k entries, so the two 'only' counts are equal.")
+counts = view.difference(codes)
+left.plotly_chart(difference_heatmap(counts, "Where LIFT and magnitude differ", **view.placement))
+if view.side is None:
+    _overlap_metrics(right, codes, "whole matrix")
+else:  # the metrics of what is on screen, beside those of the matrix it comes from
+    whole, window = right.columns(2)
+    _overlap_metrics(whole, codes, "whole matrix")
+    _overlap_metrics(window, view.window_of(codes), "this window")
 if pooled:
+    shares = category_shares(counts)
     right.caption(
-        f"Pooled ({view.factor}x{view.factor}): a block is 'LIFT' if any entry in it is "
-        "LIFT-selected and 'magnitude' if any is magnitude-selected, so 'both' means the block "
-        "holds some of each, not necessarily the same entries. Zoom in to see single entries."
+        f"Pooled ({view.factor}x{view.factor}): each block is coloured by its most common kind of "
+        "selected entry (hover for the counts). Of the blocks holding any: "
+        f"{shares[ONLY_LIFT]:.0%} mostly only LIFT, {shares[ONLY_MAGNITUDE]:.0%} mostly only magnitude, "
+        f"{shares[BOTH]:.0%} mostly both, {shares[TIED]:.0%} tied. Zoom in to see single entries."
     )
 right.caption(
     "The paper reports that LIFT's mask overlaps the plain magnitude mask only partly "

@@ -16,7 +16,7 @@ energy_r = float(spec["energy"][sel.filter_rank - 1])
 st.caption(f"{sel.layer.label} · `{sel.layer.name}`")
 
 cols = st.columns(4)
-cols[0].metric("Stable rank", f"{spec['stable_rank']:.1f}", help="||W||_F² / ||W||_2²: how many directions carry the energy.")
+cols[0].metric("Stable rank", f"{spec['stable_rank']:.1f}", help="Σᵢσᵢ² / σ₁² (squared Frobenius norm over squared spectral norm): how many directions carry the energy.")
 cols[1].metric("Effective rank", f"{spec['effective_rank']:.0f}", help="exp(entropy of the normalised singular values).")
 cols[2].metric("Above the MP edge", spec["above_mp_edge"], help="Singular values a same-shape random matrix would not reach.")
 cols[3].metric(f"Energy kept at r = {sel.filter_rank}", f"{energy_r:.1%}")
@@ -25,13 +25,15 @@ left, right = st.columns(2)
 left.plotly_chart(spectrum_figure(spec["singular_values"], spec["shuffled"], spec["mp_edge"], sel.filter_rank))
 left.caption(
     "Orange: the singular values of W. Dotted grey: the same entries shuffled into random "
-    "places, which keeps their values but destroys the structure. Dashed: the Marchenko–Pastur "
+    "places, which keeps their values but destroys the structure (both drawn down to the 10th "
+    "percentile of W's singular values). Dashed: the Marchenko–Pastur "
     "bulk edge, the largest singular value an i.i.d. random matrix of this shape and entry "
     "spread would have. Values above the edge are learned structure, not noise."
 )
 right.plotly_chart(energy_figure(spec["energy"], sel.filter_rank))
 right.caption(
-    "The fraction of ||W||_F² that the best rank-r approximation W_r keeps. LIFT scores entries "
+    r"The fraction of the energy $\lVert W\rVert_F^2 = \sum_i \sigma_i^2$ that the best rank-r "
+    "approximation W_r keeps. LIFT scores entries "
     "by |W_r|, so r decides how much of the matrix's structure the score sees. (The spectrum "
     "is always computed exactly, whatever the SVD mode.)"
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,78 @@ def test_a_model_too_large_for_memory_is_refused_from_its_config(monkeypatch):
         assert _charts(at) == 0
     finally:
         state.model_facts.clear()
+
+
+def _typed_array(obj: dict):
+    """Plotly's JSON keeps numpy arrays as base64 typed arrays; decode them for the asserts."""
+    import base64
+
+    import numpy as np
+
+    if set(obj) >= {"dtype", "bdata"}:
+        values = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+        shape = obj.get("shape")
+        return values.reshape([int(n) for n in str(shape).split(",")] if shape else -1)
+    return obj
+
+
+def _figure(at: AppTest, index: int):
+    """The plotly Figure of the index-th chart (columns are read left, then right)."""
+    import json
+
+    import plotly.graph_objects as go
+
+    return go.Figure(json.loads(at.get("plotly_chart")[index].proto.spec, object_hook=_typed_array))
+
+
+def test_principal_weights_pooled_map_and_metrics_say_what_they_show(app):
+    at = _open(app, "principal_weights")
+    _pick_layer(at, 0, "up")  # 1536x384, LIFT vs magnitude Jaccard ~0.1
+    jaccard = float(next(m.value for m in at.metric if m.label.startswith("Jaccard")))
+    assert jaccard < 0.2
+    caption = next(c.value for c in at.caption if "most common kind" in c.value)
+    both = int(re.search(r"(\d+)% mostly both", caption).group(1))
+    assert both < 20, caption  # the picture agrees with the number, not "almost all both"
+    assert _figure(at, 4).data[0].colorbar.ticktext[3] == "mostly both"
+    # Columns are read left then right: |W|, LIFT mask, |W_r|, magnitude mask.
+    w, lift, w_r, mag = (_figure(at, i).data[0] for i in range(4))
+    assert w.zmax == w_r.zmax and w.zmin == w_r.zmin == 0  # one scale for each pair
+    assert lift.zmax == mag.zmax
+    assert all(m.label.endswith("whole matrix") for m in at.metric)
+    at.toggle(key="pw_zoom").set_value(True).run()
+    labels = [m.label for m in at.metric]
+    assert sum(l.endswith("whole matrix") for l in labels) == 3 and sum(l.endswith("this window") for l in labels) == 3
+
+
+def test_overlap_budget_marker_sits_at_the_budget_in_use(app):
+    at = _open(app, "overlap")
+    at.radio(key="_w_budget_mode").set_value("density %").run()
+    at.slider(key="_w_density_pct").set_value(5.0).run()
+    assert not at.exception, at.exception
+    budget = {t.name: t for t in _figure(at, 1).data}
+    assert list(budget["current"].x) == pytest.approx([5.0, 5.0], abs=1e-3)  # k / (m·n), not the LoRA rank
+    pairwise = _figure(at, 2).data[0].z
+    star = next(t for name, t in budget.items() if name.startswith("now:"))
+    assert list(star.x) == pytest.approx([5.0], abs=1e-3) and star.y[0] == pytest.approx(pairwise[0][1])
+    assert any("whole matrix" in name for name in budget)  # the clipped budgets are marked
+    assert any("Analyze every layer" == b.label for b in at.button)
+
+
+def test_overlap_intro_names_the_chosen_model_not_minilm(app):
+    at = _open(app, "overlap")
+    at.selectbox(key="_w_model").set_value("builtin").run()
+    assert not at.exception, at.exception
+    if at.sidebar.error:  # the built-in weights may be missing on a fresh checkout
+        pytest.skip(at.sidebar.error[0].value)
+    intro = at.markdown[0].value
+    assert "MiniLM" not in intro and "of builtin" in intro
+
+
+def test_home_reports_what_the_sample_runs_measured(app):
+    from lift_ui.training import sample_records
+
+    if not sample_records():
+        pytest.skip("no sample runs in this checkout")
+    text = " ".join(m.value for m in app.markdown)
+    assert "What the shipped sample runs measured" in text
+    assert re.search(r"LIFT (lost|gained) \d+\.\d points of source accuracy", text)

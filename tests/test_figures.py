@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from lift_core.masks import lora_budget
-from lift_core.overlap import baseline_masks, mask_difference, overlap_vs_filter_rank, pairwise_jaccard
+from lift_core.overlap import (
+    baseline_masks, mask_difference, overlap_vs_budget, overlap_vs_filter_rank, pairwise_jaccard,
+)
 from lift_core.spectra import cumulative_energy, summarize_spectrum
 from lift_ui import pooling
 from lift_ui.figures import (
@@ -166,3 +168,103 @@ def test_model_overlap_figure_has_one_bar_trace_per_role():
     assert [b.name for b in bars] == ["q", "up", "lm_head"]
     assert list(bars[0].x) == ["0 q", "1 q"] and list(bars[2].x) == ["– lm_head"]
     assert fig.data[-1].name == "LIFT vs random" and len(fig.data[-1].y) == 5
+
+
+# --- charts that agree with their own numbers (issue 14) --------------------------------
+
+
+def _masks_with_jaccard(shape, k, shared, seed=0):
+    """Two k-entry masks sharing ``shared`` entries, placed at random."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(shape[0] * shape[1])
+    a, b = np.zeros(shape[0] * shape[1], bool), np.zeros(shape[0] * shape[1], bool)
+    a[order[:k]] = True
+    b[order[:shared]] = True
+    b[order[k:2 * k - shared]] = True
+    return a.reshape(shape), b.reshape(shape)
+
+
+def test_pooled_difference_map_agrees_with_a_low_jaccard():
+    # MiniLM's up layer: 1536x384, k = (m+n)*8 = 2.6%, Jaccard ~0.1, pooled 10x10.
+    shape, k = (1536, 384), 15_360
+    lift, mag = _masks_with_jaccard(shape, k, shared=2_800)
+    codes = mask_difference(torch.from_numpy(lift), torch.from_numpy(mag)).numpy()
+    assert pairwise_jaccard({"a": torch.from_numpy(lift), "b": torch.from_numpy(mag)}).iloc[0, 1] == pytest.approx(0.1, abs=0.01)
+    view = MatrixView.whole(shape)
+    counts = view.difference(codes)
+    assert counts.sum() == 2 * k - 2_800  # every selected entry counted once
+    shares = pooling.category_shares(counts)
+    assert shares[pooling.BOTH] < 0.15  # not "almost all both"
+    assert shares[pooling.ONLY_LIFT] > 0.3 and shares[pooling.ONLY_MAGNITUDE] > 0.3
+    # The old "any of each" pooling called most blocks "both" on the same masks.
+    old_both = pooling.any_pool(lift, view.factor) & pooling.any_pool(mag, view.factor)
+    assert old_both.mean() > 0.5
+    fig = difference_heatmap(counts, "diff", **view.placement)
+    heat = fig.data[0]
+    assert list(heat.colorbar.ticktext)[3] == "mostly both" and heat.zmax == 4.5
+    cell = heat.customdata[0][0]
+    assert list(cell[1:]) == list(counts[:, 0, 0])  # hover shows the counts behind the colour
+    drawn = np.asarray(heat.z)
+    assert (drawn == pooling.BOTH).sum() < 0.15 * (drawn > 0).sum()
+
+
+def test_majority_codes_break_ties_explicitly():
+    counts = np.array([[[2, 1, 1, 0, 0]], [[1, 2, 1, 0, 1]], [[0, 0, 1, 0, 1]]])
+    np.testing.assert_array_equal(pooling.majority_codes(counts)[0],
+                                  [pooling.ONLY_LIFT, pooling.ONLY_MAGNITUDE, pooling.BOTH,
+                                   pooling.NEITHER, pooling.BOTH])
+    tied = np.array([[[2]], [[2]], [[1]]])
+    assert pooling.majority_codes(tied)[0, 0] == pooling.TIED
+
+
+def test_matrix_heatmaps_keep_the_aspect_ratio_and_share_scales():
+    tall = magnitude_heatmap(np.ones((154, 39)), "|W|", factor=10, zmax=0.7)
+    wide = mask_heatmap(np.ones((128, 352)) * 0.1, "mask", zmax=0.2, factor=2)
+    for fig in (tall, wide):
+        assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.scaleratio == 1
+        assert fig.layout.xaxis.constrain == "domain"
+    assert tall.layout.height > wide.layout.height
+    assert tall.data[0].zmin == 0 and tall.data[0].zmax == 0.7
+    assert wide.data[0].zmax == 0.2  # the shared top, not this panel's own 0.1
+    title = tall.layout.xaxis.title.text
+    assert ") (" not in title and "blocks of 10x10" in title
+
+
+def test_log_ticks_are_labelled_in_full():
+    ticks = spectrum_figure(np.geomspace(7, 0.05, 384), np.geomspace(4, 0.05, 384), 3.7, 8).layout.yaxis
+    labels = list(ticks.ticktext)
+    assert len(labels) == len(set(labels))  # no "2" both below and above 1
+    assert {"0.2", "0.5", "1", "2", "5"} <= set(labels)
+    from lift_ui.figures import log_ticks
+    assert log_ticks(0.5, 60, "%")["ticktext"] == ["0.5%", "1%", "2%", "5%", "10%", "20%", "50%"]
+
+
+def test_spectrum_cut_is_applied_to_the_data_not_only_the_axis(weight):
+    spec = summarize_spectrum(weight, 3)
+    fig = spectrum_figure(spec.singular_values.numpy(), spec.shuffled_singular_values.numpy(), spec.mp_edge, 3)
+    bottom = 10 ** fig.layout.yaxis.range[0]
+    assert np.isnan(fig.data[0].y[-1])  # W's smallest singular values are cut
+    for trace in fig.data[:2]:
+        assert np.nanmin(np.asarray(trace.y, dtype=float)) >= bottom  # nothing dives below the frame
+    assert "not drawn" in fig.layout.yaxis.title.text
+
+
+def test_energy_axis_title_uses_markup_not_raw_text():
+    title = energy_figure(np.linspace(0.1, 1, 10), 3).layout.yaxis.title.text
+    assert "||" not in title and "‖W‖<sub>F</sub><sup>2</sup>" in title
+
+
+def test_budget_sweep_marks_clipped_points_the_current_value_and_both_random_lines(weight):
+    table = overlap_vs_budget(weight, filter_rank=3, lora_ranks=[1, 2, 4, 8, 16, 20, 30])
+    assert (table["density"] >= 1).sum() >= 2  # 40x30: rank >= 18 covers the whole matrix
+    fig = overlap_sweep_figure(table.assign(pct=100 * table["density"]), "pct", 20.0, "density %", "t",
+                               current_jaccard=0.31, tick_unit="%")
+    lines = {t.name: t for t in fig.data}
+    clipped = next(t for name, t in lines.items() if name and "whole matrix" in name)
+    assert list(clipped.x) == list(100 * table.loc[table["density"] >= 1, "density"])
+    assert tuple(lines["current"].x) == (20.0, 20.0)
+    star = lines["now: LIFT vs magnitude 0.310"]
+    assert tuple(star.x) == (20.0,) and tuple(star.y) == (0.31,)
+    lift_rnd, mag_rnd = lines["LIFT vs random"], lines["magnitude vs random"]
+    assert lift_rnd.line.width > 2 * mag_rnd.line.width and lift_rnd.marker.symbol != mag_rnd.marker.symbol
+    assert fig.layout.xaxis.ticktext[-1] == "100%"
