@@ -25,7 +25,8 @@ FINETUNE_OPTIONS = [
     ("--steps", int, "optimizer steps"),
     ("--lr", float, "peak learning rate (default: the method's, see docs/training.md)"),
     ("--lora-rank", int, "LoRA rank, and the budget of the sparse methods: "
-                         "k = min((m+n)*R, m*n) per matrix"),
+                         "k = min((m+n)*R, m*n) per matrix (LoRA's rank is clipped to "
+                         "m*n/(m+n) where R is larger)"),
     ("--filter-rank", int, "rank r of W_r that scores entries (lift, lift_smallest)"),
     ("--update-interval", int, "steps between mask refreshes (sparse methods)"),
     ("--seed", int, "seed of data order, LoRA init and the random mask"),
