@@ -16,12 +16,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lift_core.errors import LiftError
-from lift_core.masks import budget_is_clipped, lift_mask, lora_budget, magnitude_mask, random_mask, top_k_mask
+from lift_core.checks import as_float_matrix, check_filter_rank, check_filter_rank_fits, check_svd_mode
+from lift_core.masks import budget_is_clipped, lora_budget, magnitude_mask, random_mask
 from lift_core.models import LinearLayer, layer_weight, list_linear_layers
 from lift_core.overlap import containment, jaccard
+from lift_core.scoring import PrincipalScorer
 from lift_core.spectra import effective_rank, energy_at_rank, mp_bulk_edge, stable_rank
-from lift_core.svd import SVD_MODES, as_float_matrix
 
 Progress = Callable[[int, int, str], None]  # (layers done, layers total, current layer name)
 
@@ -35,32 +35,23 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _lift_and_spectrum(w: torch.Tensor, k: int, filter_rank: int, svd: str, seed: int):
-    """LIFT mask and singular values, with one full SVD in exact mode (not two)."""
-    if svd == "exact":
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        scores = ((u[:, :filter_rank] * s[:filter_rank]) @ vh[:filter_rank]).abs()
-        return top_k_mask(scores, k), s.cpu()
-    generator = torch.Generator(device=w.device).manual_seed(seed)
-    mask = lift_mask(w, k=k, filter_rank=filter_rank, svd=svd, generator=generator)
-    return mask, torch.linalg.svdvals(w).cpu()
-
-
 def analyze_layer(
     weight: torch.Tensor, *, lora_rank: int, filter_rank: int, svd: str = "exact", seed: int = 0
 ) -> tuple[dict, torch.Tensor]:
-    """Spectral and overlap numbers for one (out, in) matrix, and its LIFT mask."""
+    """Spectral and overlap numbers for one (out, in) matrix, and its LIFT mask.
+
+    One :class:`PrincipalScorer` gives both the mask and the spectrum: in exact mode that
+    is one SVD per layer.
+    """
     w = as_float_matrix(weight)
-    m, n = w.shape
-    if not 1 <= filter_rank <= min(m, n):
-        raise LiftError(
-            f"filter rank {filter_rank} is out of range for a {m}x{n} matrix "
-            f"(allowed: 1 to {min(m, n)})"
-        )
+    scorer = PrincipalScorer(w, svd=svd, generator=_seeded(w.device, seed))
+    m, n = scorer.shape
+    check_filter_rank((m, n), filter_rank)
     k = lora_budget((m, n), lora_rank)
-    lift, s = _lift_and_spectrum(w, k, filter_rank, svd, seed)
+    lift = scorer.mask(filter_rank, k)
+    s = scorer.singular_values()
     magnitude = magnitude_mask(w, k=k)
-    rand = random_mask(w, k=k, generator=torch.Generator(device=w.device).manual_seed(seed))
+    rand = random_mask(w, k=k, generator=_seeded(w.device, seed))
     edge = mp_bulk_edge((m, n), float(w.std()))
     row = {
         "k": k,
@@ -107,10 +98,9 @@ def analyze_model(
     Returns:
         AnalysisResult with a DataFrame of one row per layer.
     """
-    if svd not in SVD_MODES:
-        raise LiftError(f"unknown svd mode {svd!r} (allowed: {', '.join(SVD_MODES)})")
+    check_svd_mode(svd)
     layers = list_linear_layers(model, blocks_only=blocks_only)
-    _check_ranks(layers, filter_rank)
+    check_filter_rank_fits({layer.name: layer.shape for layer in layers}, filter_rank)
     result = AnalysisResult(table=pd.DataFrame())
     rows = []
     for done, layer in enumerate(layers, start=1):
@@ -142,17 +132,10 @@ def _describe(layer: LinearLayer) -> dict:
     }
 
 
-def _check_ranks(layers: list[LinearLayer], filter_rank: int) -> None:
-    if not isinstance(filter_rank, int) or filter_rank < 1:
-        raise LiftError(f"filter rank must be a whole number >= 1, got {filter_rank!r}")
-    too_small = [l for l in layers if min(l.shape) < filter_rank]
-    if too_small:
-        smallest = min(min(l.shape) for l in layers)
-        raise LiftError(
-            f"filter rank {filter_rank} exceeds min(out, in) of {len(too_small)} layer(s) "
-            f"(e.g. {too_small[0].name}, {too_small[0].shape[0]}x{too_small[0].shape[1]}); "
-            f"the largest rank valid for every layer is {smallest}"
-        )
+def _seeded(device: torch.device, seed: int) -> torch.Generator:
+    # A fresh generator per use: the random baseline and the randomized sketch each start
+    # from the seed, so either can change without moving the other.
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def save_masks(path: str, masks: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

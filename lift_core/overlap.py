@@ -14,14 +14,9 @@ import pandas as pd
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.masks import (
-    top_k_mask,
-    compute_mask,
-    lora_budget,
-    magnitude_mask,
-    random_mask,
-)
-from lift_core.svd import as_float_matrix, check_filter_rank
+from lift_core.checks import check_filter_rank
+from lift_core.masks import compute_mask, lora_budget, magnitude_mask, random_mask
+from lift_core.scoring import PrincipalScorer
 
 # Codes of mask_difference(): which mask(s) selected an entry.
 NEITHER, ONLY_A, ONLY_B, BOTH = 0, 1, 2, 3
@@ -80,36 +75,26 @@ def baseline_masks(
     }
 
 
-class _ExactLowRank:
-    """One full SVD, reused for W_r at many ranks (sweeps cost one SVD, not one per r)."""
+def _sweep(scorer: PrincipalScorer, points: list[tuple[dict, int, int]], seed: int) -> pd.DataFrame:
+    """One row per (leading columns, k, filter rank) point, all scored by one scorer.
 
-    def __init__(self, weight: torch.Tensor):
-        self.u, self.s, self.vh = torch.linalg.svd(as_float_matrix(weight), full_matrices=False)
-
-    def scores(self, rank: int) -> torch.Tensor:
-        return ((self.u[:, :rank] * self.s[:rank]) @ self.vh[:rank]).abs()
-
-
-def _sweep_row(w, lift, k, seed) -> dict:
-    mag = magnitude_mask(w, k=k)
-    rnd = random_mask(w, k=k, generator=torch.Generator().manual_seed(seed))
-    return {
-        "jaccard_lift_vs_magnitude": jaccard(lift["largest"], mag),
-        "jaccard_lift_vs_random": jaccard(lift["largest"], rnd),
-        "jaccard_lift_vs_lift_smallest": jaccard(lift["largest"], lift["smallest"]),
-        "jaccard_magnitude_vs_random": jaccard(mag, rnd),
-        "lift_in_magnitude": containment(lift["largest"], mag),
-    }
-
-
-def _lift_pair(w, k, rank, svd, exact: _ExactLowRank | None) -> dict[str, torch.Tensor]:
-    if exact is not None:
-        scores = exact.scores(rank)
-        return {"largest": top_k_mask(scores, k), "smallest": top_k_mask(-scores, k)}
-    return {
-        "largest": compute_mask("lift", w, k=k, filter_rank=rank, svd=svd),
-        "smallest": compute_mask("lift_smallest", w, k=k, filter_rank=rank, svd=svd),
-    }
+    In exact mode the scorer's one SVD serves every point, and the largest and smallest
+    masks of a point share one |W_r|.
+    """
+    w = scorer.matrix
+    rows = []
+    for columns, k, rank in points:
+        lift, smallest = scorer.mask(rank, k), scorer.mask(rank, k, largest=False)
+        mag = magnitude_mask(w, k=k)
+        rnd = random_mask(w, k=k, generator=torch.Generator().manual_seed(seed))
+        rows.append(columns | {
+            "jaccard_lift_vs_magnitude": jaccard(lift, mag),
+            "jaccard_lift_vs_random": jaccard(lift, rnd),
+            "jaccard_lift_vs_lift_smallest": jaccard(lift, smallest),
+            "jaccard_magnitude_vs_random": jaccard(mag, rnd),
+            "lift_in_magnitude": containment(lift, mag),
+        })
+    return pd.DataFrame(rows)
 
 
 def overlap_vs_filter_rank(
@@ -121,16 +106,11 @@ def overlap_vs_filter_rank(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Mask overlaps at a fixed budget k as the filter rank r varies (one row per r)."""
-    w = as_float_matrix(weight)
+    scorer = PrincipalScorer(weight, svd=svd)
     ranks = sorted(set(int(r) for r in filter_ranks))
     for r in ranks:
-        check_filter_rank(tuple(w.shape), r)
-    exact = _ExactLowRank(w) if svd == "exact" else None
-    rows = []
-    for r in ranks:
-        lift = _lift_pair(w, k, r, svd, exact)
-        rows.append({"filter_rank": r, "k": k, **_sweep_row(w, lift, k, seed)})
-    return pd.DataFrame(rows)
+        check_filter_rank(scorer.shape, r)
+    return _sweep(scorer, [({"filter_rank": r, "k": k}, k, r) for r in ranks], seed)
 
 
 def overlap_vs_budget(
@@ -142,13 +122,11 @@ def overlap_vs_budget(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Mask overlaps at a fixed filter rank as the budget (LoRA-equivalent rank) varies."""
-    w = as_float_matrix(weight)
-    check_filter_rank(tuple(w.shape), filter_rank)
-    exact = _ExactLowRank(w) if svd == "exact" else None
-    rows = []
+    scorer = PrincipalScorer(weight, svd=svd)
+    check_filter_rank(scorer.shape, filter_rank)
+    numel = scorer.matrix.numel()
+    points = []
     for lora_rank in sorted(set(int(r) for r in lora_ranks)):
-        k = lora_budget(tuple(w.shape), lora_rank)
-        lift = _lift_pair(w, k, filter_rank, svd, exact)
-        row = {"lora_rank": lora_rank, "k": k, "density": k / w.numel()}
-        rows.append({**row, **_sweep_row(w, lift, k, seed)})
-    return pd.DataFrame(rows)
+        k = lora_budget(scorer.shape, lora_rank)
+        points.append(({"lora_rank": lora_rank, "k": k, "density": k / numel}, k, filter_rank))
+    return _sweep(scorer, points, seed)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lift_core.svd import as_float_matrix, check_filter_rank
+from lift_core.checks import as_float_matrix, check_filter_rank
 
 
 def singular_values(weight: torch.Tensor) -> torch.Tensor:

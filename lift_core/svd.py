@@ -4,8 +4,8 @@ LIFT scores entries by |W_r|, the best rank-r approximation of W. The exact path
 fp32 SVD (what the authors run). The randomized path grows a block Krylov basis
 K = [Q0, Q1, ...] of W's column space from a Gaussian sketch (Musco & Musco 2015): for the
 slowly decaying spectra of trained layers it reaches a given accuracy in far fewer products
-with W than plain subspace iteration. lift_core.masks decides how deep to go by checking
-the mask itself; here are the building blocks.
+with W than plain subspace iteration. lift_core.scoring (the one place |W_r| is scored)
+decides how deep to go by checking the mask itself; here are the building blocks.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from typing import Callable
 
 import torch
 
-from lift_core.errors import LiftError
-
-SVD_MODES = ("exact", "randomized")
+# The input checks live in lift_core.checks; re-exported here for existing callers.
+from lift_core.checks import (  # noqa: F401
+    SVD_MODES,
+    as_float_matrix,
+    check_filter_rank,
+    check_svd_mode,
+)
 
 # The randomized path is used only when its worst case stays well below an exact SVD.
 # Cost is counted in "W-passes" (one column through W or W^T costs m*n multiply-adds); a
@@ -31,43 +35,22 @@ MIN_DEPTH = 3
 RANDOMIZED_MIN_DIM = 512
 
 
-def as_float_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """Return ``weight`` as a detached fp32 2-D tensor on its own device.
-
-    Raises:
-        LiftError: when the tensor is not 2-D.
-    """
-    if not isinstance(weight, torch.Tensor):
-        raise LiftError(f"expected a torch.Tensor weight, got {type(weight).__name__}")
-    if weight.ndim != 2:
-        raise LiftError(
-            f"expected a 2-D weight matrix (out, in), got shape {tuple(weight.shape)}"
-        )
-    return weight.detach().to(torch.float32)
+def exact_factors(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, Vh) of fp32 ``w`` from one full (thin) SVD: the exact path's only SVD call."""
+    return torch.linalg.svd(w, full_matrices=False)
 
 
-def check_filter_rank(shape: tuple[int, int], filter_rank: int) -> None:
-    """Raise LiftError unless 1 <= filter_rank <= min(m, n)."""
-    m, n = shape
-    if not isinstance(filter_rank, int) or isinstance(filter_rank, bool):
-        raise LiftError(f"filter rank must be a whole number, got {filter_rank!r}")
-    if filter_rank < 1 or filter_rank > min(m, n):
-        raise LiftError(
-            f"filter rank {filter_rank} is out of range for a {m}x{n} matrix "
-            f"(allowed: 1 to {min(m, n)})"
-        )
-
-
-def check_svd_mode(svd: str) -> None:
-    """Raise LiftError unless ``svd`` is one of :data:`SVD_MODES`."""
-    if svd not in SVD_MODES:
-        raise LiftError(f"unknown svd mode {svd!r} (allowed: {', '.join(SVD_MODES)})")
+def low_rank_from_factors(
+    factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rank: int
+) -> torch.Tensor:
+    """W_r = U_r diag(S_r) Vh_r from the factors of an SVD, for any rank they cover."""
+    u, s, vh = factors
+    return (u[:, :rank] * s[:rank]) @ vh[:rank]
 
 
 def exact_low_rank(w: torch.Tensor, rank: int) -> torch.Tensor:
     """Best rank-``rank`` approximation of fp32 ``w`` from a full SVD."""
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+    return low_rank_from_factors(exact_factors(w), rank)
 
 
 def block_size(rank: int) -> int:

@@ -3,43 +3,18 @@
 import pytest
 import torch
 
-from lift_core.errors import LiftError
 from lift_core.spectra import power_law_matrix
 from lift_core.svd import (
     RANDOMIZED_MIN_DIM,
     BlockKrylov,
-    as_float_matrix,
     block_size,
-    check_filter_rank,
-    check_svd_mode,
     checked_krylov_factors,
+    exact_factors,
     exact_low_rank,
+    low_rank_from_factors,
     low_rank_approximation,
     max_krylov_depth,
 )
-
-
-def test_as_float_matrix_converts_and_rejects():
-    w = torch.ones(3, 4, dtype=torch.bfloat16, requires_grad=True)
-    out = as_float_matrix(w)
-    assert out.dtype == torch.float32 and not out.requires_grad
-    with pytest.raises(LiftError, match="2-D"):
-        as_float_matrix(torch.ones(2, 3, 4))
-    with pytest.raises(LiftError, match="torch.Tensor"):
-        as_float_matrix([[1.0]])
-
-
-@pytest.mark.parametrize("bad", [0, 5, 2.0, True])
-def test_check_filter_rank(bad):
-    with pytest.raises(LiftError):
-        check_filter_rank((4, 6), bad)
-    check_filter_rank((4, 6), 4)
-
-
-def test_check_svd_mode():
-    check_svd_mode("exact")
-    with pytest.raises(LiftError, match="unknown svd mode 'fast'"):
-        check_svd_mode("fast")
 
 
 def test_exact_low_rank_matches_float64():
@@ -47,6 +22,14 @@ def test_exact_low_rank_matches_float64():
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     ref = (u[:, :5] * s[:5]) @ vh[:5]
     assert torch.allclose(exact_low_rank(w.float(), 5).double(), ref, atol=1e-4)
+
+
+def test_factors_serve_every_rank():
+    w = torch.randn(30, 20)
+    factors = exact_factors(w)
+    for r in (1, 7, 20):
+        assert torch.equal(low_rank_from_factors(factors, r), exact_low_rank(w, r))
+    assert torch.allclose(low_rank_from_factors(factors, 20), w, atol=1e-5)
 
 
 def test_small_matrices_fall_back_to_exact():
