@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from lift_core.encoding import encode_example, eos_and_pad_ids, pad_for_training
 from lift_core.errors import LiftError
 from lift_core.tasks import Example, source_train_examples
 
@@ -111,22 +112,11 @@ def encode_batch(tokenizer, examples: list[Example]) -> dict[str, torch.Tensor]:
     Each sequence is [<bos>] prompt answer <eos> (<bos> when the tokenizer adds one);
     only the answer and <eos> carry a loss (labels are -100 on the prompt and the
     padding). Works for any HF tokenizer with an eos token; pads with eos if it has no pad.
+    Nothing is cut: training on user data encodes each example with
+    :func:`lift_core.encoding.encode_example` and its ``max_length`` instead.
     """
-    if tokenizer.eos_token_id is None:
-        raise LiftError("the tokenizer has no end-of-sequence token, so answers cannot end")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompts = tokenizer([e.prompt for e in examples])["input_ids"]
-    answers = tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]
-    seqs = [p + a + [tokenizer.eos_token_id] for p, a in zip(prompts, answers)]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, (seq, prompt) in enumerate(zip(seqs, prompts)):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        labels[row, len(prompt): len(seq)] = ids[row, len(prompt): len(seq)]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    _, pad_id = eos_and_pad_ids(tokenizer)
+    return pad_for_training([encode_example(tokenizer, e) for e in examples], pad_id)
 
 
 # --- the recipe --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
+from lift_core.encoding import first_tokens, last_tokens, pad_for_generation
 from lift_core.errors import LiftError
 from lift_core.tasks import Example, extract_answer
 
@@ -50,6 +51,7 @@ def generate_completions(
     max_new_tokens: int,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> list[str]:
     """Greedy completions of ``prompts`` (the new text only, special tokens removed).
 
@@ -60,6 +62,9 @@ def generate_completions(
         max_new_tokens: the longest completion.
         batch_size: prompts per ``generate`` call.
         device: where to run; defaults to the model's device (the model is not moved).
+        max_prompt_tokens: a longer prompt keeps only its last this many tokens (special
+            tokens included), so a giant prompt costs no more than this; None: the model's
+            context length less ``max_new_tokens`` (no limit when its config gives none).
 
     Returns:
         One completion per prompt, in order.
@@ -71,11 +76,15 @@ def generate_completions(
     if tokenizer.eos_token_id is None:
         raise LiftError("the tokenizer has no end-of-sequence token, so generation cannot stop")
     device = torch.device(device) if device is not None else _model_device(model)
+    if max_prompt_tokens is None:
+        max_prompt_tokens = _context_left(model, max_new_tokens)
     completions: list[str] = []
     with _eval_mode(model, tokenizer):
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start: start + batch_size], return_tensors="pt", padding=True)
-            batch = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+            ids = [last_tokens(tokenizer, p, max_prompt_tokens)
+                   for p in prompts[start: start + batch_size]]
+            batch = pad_for_generation(ids, tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -86,9 +95,23 @@ def generate_completions(
     return completions
 
 
-def answer_length(tokenizer, examples: list[Example], *, slack: int = 8) -> int:
-    """A ``max_new_tokens`` that fits the longest gold answer plus some slack."""
-    lengths = [len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in examples]
+def _context_left(model, max_new_tokens: int) -> int | None:
+    """Prompt tokens that fit the model's context next to the completion (None: unknown)."""
+    config = getattr(model, "config", None)
+    context = (getattr(config, "max_position_embeddings", None)
+               or getattr(config, "n_positions", None))
+    return max(1, context - max_new_tokens) if isinstance(context, int) else None
+
+
+def answer_length(tokenizer, examples: list[Example], *, slack: int = 8,
+                  max_tokens: int | None = None) -> int:
+    """A ``max_new_tokens`` that fits the longest gold answer plus some slack.
+
+    Args:
+        max_tokens: count an answer's tokens only up to this many (None: all), so a giant
+            answer is not tokenized whole.
+    """
+    lengths = [len(first_tokens(tokenizer, e.answer, max_tokens)) for e in examples]
     return max(lengths, default=0) + slack
 
 
@@ -105,20 +128,22 @@ def accuracy(
     max_new_tokens: int | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> float:
     """Exact-match accuracy (0..1) of greedy generations on ``examples``.
 
     Args:
-        max_new_tokens: defaults to the longest gold answer plus 8 tokens.
-        batch_size, device: as in :func:`generate_completions`.
+        max_new_tokens: defaults to the longest gold answer plus 8 tokens (counted up to
+            ``max_prompt_tokens`` when it is given).
+        batch_size, device, max_prompt_tokens: as in :func:`generate_completions`.
     """
     if not examples:
         raise LiftError("no examples to evaluate")
     if max_new_tokens is None:
-        max_new_tokens = answer_length(tokenizer, examples)
+        max_new_tokens = answer_length(tokenizer, examples, max_tokens=max_prompt_tokens)
     completions = generate_completions(
         model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens,
-        batch_size=batch_size, device=device,
+        batch_size=batch_size, device=device, max_prompt_tokens=max_prompt_tokens,
     )
     hits = score(completions, examples)
     return sum(hits) / len(hits)

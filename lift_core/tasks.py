@@ -255,6 +255,17 @@ def format_alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A00
     return _PROMPT_NO_INPUT.format(instruction=instruction)
 
 
+# A record (a JSONL line, or the fields of one JSON array entry) may hold at most this many
+# characters. MATH-10K's longest is ~3,000; training keeps at most max_length tokens of a
+# record anyway, and a 50 MB one only costs memory (tokenizers hold ~400 bytes a character).
+MAX_RECORD_CHARS = 1_000_000
+_CHUNK_CHARS = 1 << 16
+
+
+def _json_type(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def _record_to_example(record, where: str) -> Example:
     if not isinstance(record, dict):
         raise LiftError(
@@ -268,17 +279,26 @@ def _record_to_example(record, where: str) -> Example:
             )
     for key in ("instruction", "input", "output"):
         value = record.get(key, "")
-        if value is not None and not isinstance(value, str):
-            raise LiftError(f"{where}: \"{key}\" must be a string, got {type(value).__name__}")
+        if not isinstance(value, str) and not (key == "input" and value is None):
+            raise LiftError(f"{where}: \"{key}\" must be a string, got {_json_type(value)}")
     if not record["output"].strip():
         raise LiftError(f"{where}: \"output\" is empty")
     prompt = format_alpaca_prompt(record["instruction"], record.get("input") or "")
     return Example(prompt, record["output"])
 
 
-def _read_jsonl(text: str, path: Path) -> list[Example]:
-    examples = []
-    for number, line in enumerate(text.splitlines(), start=1):
+def _too_long(where: str) -> LiftError:
+    return LiftError(f"{where}: the record is over {MAX_RECORD_CHARS:,} characters "
+                     "(each record must be shorter; training keeps only max_length tokens)")
+
+
+def _read_jsonl(handle, path: Path) -> list[Example]:
+    examples, number = [], 0
+    # readline with a limit never holds more than one allowed record, however long the line.
+    while line := handle.readline(MAX_RECORD_CHARS + 1):
+        number += 1
+        if len(line) > MAX_RECORD_CHARS and line.rstrip("\r\n") == line:
+            raise _too_long(f"{path}, line {number}")
         if not line.strip():
             continue
         try:
@@ -298,34 +318,53 @@ def _read_json_array(text: str, path: Path) -> list[Example]:
         ) from exc
     if not isinstance(data, list):
         raise LiftError(f"{path}: expected a JSON array of records, got a {type(data).__name__}")
-    return [_record_to_example(r, f"{path}, record {i}") for i, r in enumerate(data, start=1)]
+    examples = []
+    for i, record in enumerate(data, start=1):
+        example = _record_to_example(record, f"{path}, record {i}")
+        if len(example.prompt) + len(example.answer) > MAX_RECORD_CHARS:
+            raise _too_long(f"{path}, record {i}")
+        examples.append(example)
+    return examples
+
+
+def _first_character(handle) -> str:
+    """The first non-blank character of an open text file ("" when blank), then rewinds."""
+    while chunk := handle.read(_CHUNK_CHARS):
+        stripped = chunk.lstrip()
+        if stripped:
+            handle.seek(0)
+            return stripped[0]
+    return ""
 
 
 def load_examples(path: str | Path) -> list[Example]:
-    """Read Alpaca-style records from a JSON array or a JSONL file.
+    """Read Alpaca-style records from a JSON array or a JSONL file (UTF-8, BOM allowed).
 
     Each record is ``{"instruction": str, "input": str (optional), "output": str}`` (the
     format of MATH-10K); the prompt is :func:`format_alpaca_prompt` and the answer is the
     output. A file whose first non-blank character is ``[`` is read as a JSON array,
-    anything else as JSONL (one record per line).
+    anything else as JSONL (one record per line, read line by line).
 
     Raises:
         LiftError: naming the file and line (JSONL) or record number (array) for a missing
-            or empty file, malformed JSON, a missing field or a field that is not a string.
+            or empty file, a folder, malformed JSON, a missing field, a field that is not a
+            string, or a record over :data:`MAX_RECORD_CHARS` characters.
     """
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: files saved by Windows editors start with a byte-order mark.
+        with path.open(encoding="utf-8-sig") as handle:
+            first = _first_character(handle)
+            if not first:
+                raise LiftError(f"{path} is empty: expected JSON or JSONL records")
+            examples = (_read_json_array(handle.read(), path) if first == "["
+                        else _read_jsonl(handle, path))
     except FileNotFoundError as exc:
         raise LiftError(f"data file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise LiftError(f"data file {path} is a folder, not a file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise LiftError(f"could not read data file {path}: {exc}") from exc
-    if not text.strip():
-        raise LiftError(f"{path} is empty: expected JSON or JSONL records")
-    if text.lstrip().startswith("["):
-        examples = _read_json_array(text, path)
-    else:
-        examples = _read_jsonl(text, path)
     if not examples:
         raise LiftError(f"{path} holds no records")
     return examples

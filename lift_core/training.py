@@ -23,6 +23,7 @@ from lift_core.methods import check_method, default_lr
 from lift_core.preflight import check_output_dir, check_training_fits
 from lift_core.records import PeakMemory, RunRecorder, library_versions
 from lift_core.svd import SVD_MODES
+from lift_core.training_data import TrainBatches, load_run_data
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -109,7 +110,9 @@ class FinetuneConfig:
         for name in ("train_data", "target_eval", "source_eval"):
             path = getattr(self, name)
             if path is not None and not Path(path).expanduser().is_file():
-                raise LiftError(f"{name.replace('_', '-')} file {path} does not exist")
+                what = ("is a folder, not a file" if Path(path).expanduser().is_dir()
+                        else "does not exist")
+                raise LiftError(f"{name.replace('_', '-')} file {path} {what}")
 
     @property
     def lr_used(self) -> float:
@@ -189,26 +192,6 @@ def config_record(config: FinetuneConfig) -> dict:
 # --- the run -----------------------------------------------------------------------------
 
 
-class _Batches:
-    """Endless batches of training examples, reshuffled every epoch with a seeded generator."""
-
-    def __init__(self, examples, tokenizer, *, batch_size, seed, max_length, device):
-        from lift_core.builtin_model import encode_batch
-
-        self.encode, self.examples, self.tokenizer = encode_batch, examples, tokenizer
-        self.batch_size, self.max_length, self.device = batch_size, max_length, device
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order: list[int] = []
-
-    def next(self) -> dict:
-        while len(self.order) < self.batch_size:  # top up with a fresh shuffled epoch
-            self.order += torch.randperm(len(self.examples), generator=self.generator).tolist()
-        picked, self.order = self.order[: self.batch_size], self.order[self.batch_size:]
-        batch = self.encode(self.tokenizer, [self.examples[i] for i in picked])
-        # Right padding: cutting columns keeps every sequence's beginning.
-        return {k: v[:, : self.max_length].to(self.device) for k, v in batch.items()}
-
-
 class _StopRequested(Exception):
     """Raised inside the run when stop_event is set; ends it with status "stopped"."""
 
@@ -234,29 +217,6 @@ def _make_accelerator(config: FinetuneConfig):
         # may have used another device or precision. Runs are sequential, so reset it.
         AcceleratorState._reset_state(reset_partial_state=True)
         return Accelerator(**kwargs)
-
-
-def _load_data(config: FinetuneConfig) -> dict:
-    from lift_core import tasks
-
-    def load(path, builtin):
-        examples = tasks.load_examples(path) if path else builtin()
-        if not examples:
-            raise LiftError(f"{path} holds no examples")
-        return examples
-
-    data = {
-        "train": load(config.train_data,
-                      lambda: tasks.target_train_examples(config.train_examples, seed=config.seed)),
-        "target": load(config.target_eval, tasks.target_eval_examples),
-        "source": load(config.source_eval, tasks.source_eval_examples),
-    }
-    limit = config.eval_limit
-    for key in ("target", "source"):
-        n = len(data[key])
-        if limit and limit < n:  # evenly spread, so every sub-task of a sorted set stays in
-            data[key] = [data[key][i * n // limit] for i in range(limit)]
-    return data
 
 
 class _TrainingRun:
@@ -315,7 +275,7 @@ class _TrainingRun:
         self.device = self.accelerator.device
         check_training_fits(cfg, self.device)  # from the config alone: refuse before allocating
         self.memory = PeakMemory(self.device)
-        self.data = _load_data(cfg)
+        self.data = load_run_data(cfg)
         model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code)
         self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
         self.model_params = sum(p.numel() for p in model.parameters())
@@ -331,8 +291,8 @@ class _TrainingRun:
         self.optimizer = self.setup.optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps))
-        self.batches = _Batches(self.data["train"], self.tokenizer, batch_size=cfg.batch_size,
-                                seed=cfg.seed, max_length=cfg.max_length, device=self.device)
+        self.batches = TrainBatches(self.data["train"], self.tokenizer, batch_size=cfg.batch_size,
+                                    seed=cfg.seed, max_length=cfg.max_length, device=self.device)
         self.recorder.start(self._config_record())
 
     def _config_record(self) -> dict:
@@ -344,7 +304,8 @@ class _TrainingRun:
             "mixed_precision": self.accelerator.mixed_precision,
             "versions": library_versions(),
             "model_params": self.model_params,
-            "data": {k: len(v) for k, v in self.data.items()},
+            "data": {**{k: len(v) for k, v in self.data.items()},
+                     "train_dropped": self.batches.dropped},
             "budget": {
                 "trainable_params": self.setup.trainable_params,
                 "block_linear_entries": block_entries,
@@ -434,13 +395,17 @@ class _TrainingRun:
         from lift_core.evaluation import accuracy, answer_length
 
         examples, size = self.data[name], self.config.eval_batch_size
-        max_new = self.config.max_new_tokens or answer_length(self.tokenizer, examples)
+        # Prompts keep their last max_length tokens and answers count up to max_length, so a
+        # giant eval record costs no more than a max_length one.
+        limit = self.config.max_length
+        max_new = self.config.max_new_tokens or answer_length(self.tokenizer, examples,
+                                                              max_tokens=limit)
         hits = 0.0
         for start in range(0, len(examples), size):
             self._check_stop()
             chunk = examples[start: start + size]
-            hits += len(chunk) * accuracy(self.model, self.tokenizer, chunk,
-                                          max_new_tokens=max_new, batch_size=size)
+            hits += len(chunk) * accuracy(self.model, self.tokenizer, chunk, max_new_tokens=max_new,
+                                          batch_size=size, max_prompt_tokens=limit)
         return hits / len(examples)
 
     def _elapsed(self) -> float:

@@ -89,3 +89,21 @@ def test_tokenizer_without_pad_token_pads_with_eos(tiny_model):
     assert tok.pad_token_id is None
     assert generate_completions(tiny_model, tok, ["ab", "abcd"], max_new_tokens=3) == reference
     assert tok.pad_token is None
+
+
+def test_a_giant_prompt_keeps_its_last_tokens(tiny_model, tokenizer):
+    tail = "z" * 200 + "Q: 7+5-3\nA: "
+    giant = "y" * 5_000_000 + tail
+    # <bos> + the last 19 characters (one token each) is what the model sees.
+    [out] = generate_completions(tiny_model, tokenizer, [giant], max_new_tokens=4,
+                                 max_prompt_tokens=20)
+    assert out == _unbatched(tiny_model, tokenizer, giant[-19:], 4)
+    # By default a prompt keeps what fits the context (128 positions) next to the answer.
+    [out] = generate_completions(tiny_model, tokenizer, [giant], max_new_tokens=4)
+    assert out == _unbatched(tiny_model, tokenizer, giant[-(128 - 4 - 1):], 4)
+
+
+def test_answer_length_counts_a_giant_answer_only_up_to_the_cap(tokenizer):
+    examples = [Example("p", "1" * 5_000_000), Example("p", "12")]
+    assert answer_length(tokenizer, examples, slack=8, max_tokens=64) == 64 + 8
+    assert answer_length(tokenizer, examples[1:], slack=0, max_tokens=64) == 2
