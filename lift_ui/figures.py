@@ -94,7 +94,7 @@ def spectrum_figure(
                              line=dict(color=COLORS["marker"], width=1)))
     fig.update_xaxes(type="log", title="index i (log)", **log_ticks(1, len(s)))
     bottom, top = low / 1.3, high * 1.3
-    fig.update_yaxes(type="log", title=f"singular value σ_i (log; below {low:.2g}, the lowest 10%, not drawn)",
+    fig.update_yaxes(type="log", title="singular value σ_i (log; lowest 10% not drawn)",
                      range=[np.log10(bottom), np.log10(top)], **log_ticks(bottom, top))
     return _layout(fig, "Singular values")
 
@@ -150,8 +150,8 @@ def overlap_sweep_figure(
     if "density" in table and (table["density"] >= 1).any():
         clipped = table[table["density"] >= 1]
         fig.add_trace(go.Scatter(
-            x=clipped[x], y=[1.0] * len(clipped), mode="markers+text", text=["whole matrix"] + [""] * (len(clipped) - 1),
-            textposition="bottom center", name="budget clipped to the whole matrix (every mask = all entries)",
+            x=clipped[x], y=[1.0] * len(clipped), mode="markers+text", text=["whole matrix "] + [""] * (len(clipped) - 1),
+            textposition="middle left", name="budget clipped to the whole matrix",
             marker=dict(symbol="x", size=12, color="black")))
     fig.add_trace(go.Scatter(x=[current, current], y=[0, 1], mode="lines", name="current",
                              line=dict(color=COLORS["marker"], width=1), showlegend=False))
@@ -163,10 +163,11 @@ def overlap_sweep_figure(
     low, high = min(values.min(), current), max(values.max(), current)
     fig.update_xaxes(type="log", title=x_title, **log_ticks(low, high, tick_unit))
     fig.update_yaxes(range=[0, 1.05], title="Jaccard |A∩B| / |A∪B|")
-    fig = _layout(fig, title)
-    # Curves rise to the right, so the upper-left corner is free for the legend.
-    fig.update_layout(legend=dict(orientation="v", x=0.02, y=0.98, xanchor="left", yanchor="top",
-                                  bgcolor="rgba(255,255,255,0.8)"))
+    fig = _layout(fig, title, height=500)
+    # Below the plot: inside it the legend hid the clipped points at the top right.
+    fig.update_layout(legend=dict(orientation="h", x=0, y=-0.2, xanchor="left", yanchor="top",
+                                  entrywidth=0.5, entrywidthmode="fraction"),
+                      margin=dict(b=40))
     return fig
 
 

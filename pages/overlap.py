@@ -62,15 +62,21 @@ st.caption(
 )
 args = (name, sel.lora_rank, sel.filter_rank, sel.svd)
 found = state.cached_model_analysis(*args)
-slot = st.empty()
-if found is None and slot.button("Analyze every layer", type="primary", key="analyze_all"):
-    bar = slot.progress(0.0, text="starting…")  # takes the button's place, leaving no faded copy
+# The run that follows a click already knows it: the button (same key, so the same element)
+# turns into a disabled "Analyzing…" label. Replacing it by the bar left a faded copy below.
+running = found is None and bool(st.session_state.get("analyze_all"))
+if found is None and (st.button("Analyzing every layer…" if running else "Analyze every layer",
+                                type="tertiary" if running else "primary", key="analyze_all",
+                                disabled=running) or running):
+    bar = st.progress(0.0, text="starting…")
     try:
         found = state.model_analysis(*args, progress=lambda done, total, layer_name: bar.progress(
             done / total, text=f"{done}/{total} · {layer_name}"))
     except LiftError as exc:
         st.error(str(exc))
     bar.empty()
+    if found is not None:
+        st.rerun()  # draw the result without the "Analyzing…" label (the analysis is memoized)
 if found is None:
     st.stop()
 table, notes = found

@@ -64,12 +64,9 @@ st.caption(
 left, right = st.columns([3, 2])
 counts = view.difference(codes)
 left.plotly_chart(difference_heatmap(counts, "Where LIFT and magnitude differ", **view.placement))
-if view.side is None:
-    _overlap_metrics(right, codes, "whole matrix")
-else:  # the metrics of what is on screen, beside those of the matrix it comes from
-    whole, window = right.columns(2)
-    _overlap_metrics(whole, codes, "whole matrix")
-    _overlap_metrics(window, view.window_of(codes), "this window")
+_overlap_metrics(right, codes, "whole matrix")
+if view.side is not None:  # the metrics of what is on screen, under those of the whole matrix
+    _overlap_metrics(right, view.window_of(codes), "this window")
 if pooled:
     shares = category_shares(counts)
     right.caption(
