@@ -1,8 +1,10 @@
 """Fine-tune a causal LM with LIFT or a baseline, evaluating and recording as it goes.
 
-:func:`finetune` is the one training loop the app, the CLI and the sample runs share: it
-loads the model, measures source and target accuracy before training, trains with the
-method's optimizer under a linear schedule with warmup, evaluates every ``eval_every``
+:class:`FinetuneConfig` holds every setting of a run, each with a one-line docstring that
+is also its ``--option`` help and its help in the app's form (:mod:`lift_core.config_options`).
+:func:`finetune` is the one training loop the app, the CLI and the sample runs share: a
+:class:`~lift_core.trainer.Trainer` loads the model and data; the loop measures source and
+target accuracy before training, takes the trainer's steps, evaluates every ``eval_every``
 steps and at the end, and writes a run record (:mod:`lift_core.records`). A run ends
 "completed", "stopped" (stop_event set or Ctrl-C) or "failed" (NaN loss, out of memory).
 """
@@ -20,28 +22,33 @@ import torch
 
 from lift_core.errors import LiftError
 from lift_core.methods import check_method, default_lr
-from lift_core.preflight import check_output_dir, check_training_fits
-from lift_core.records import PeakMemory, RunRecorder, library_versions
+from lift_core.preflight import check_output_dir
+from lift_core.records import RunRecorder, library_versions
 from lift_core.svd import SVD_MODES
-from lift_core.training_data import TrainBatches, load_run_data
+from lift_core.trainer import NonFiniteLoss, Trainer, is_out_of_memory
+from lift_core.trainer import linear_schedule  # noqa: F401  (part of this module's API)
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class FinetuneConfig:
-    """Every setting of a fine-tuning run (the defaults suit the built-in model)."""
+    """Every setting of a fine-tuning run (the defaults suit the built-in model).
+
+    The docstring under each field is its help on the command line and in the app.
+    """
 
     model: str = "builtin"
-    """Embedded alias, local Hugging Face directory or hub id of a causal LM."""
+    """Embedded alias (builtin), local Hugging Face directory or hub id of a causal LM."""
     method: str = "lift"
-    """One of lift, full, lora, magnitude, random, lift_smallest."""
+    """What to train: LIFT, or a baseline with the same budget (docs/training.md)."""
     steps: int = 300
     """Optimizer steps."""
     lr: float | None = None
-    """Peak learning rate; None uses the method's default (methods.DEFAULT_LRS)."""
+    """Peak learning rate; unset: the method's default (docs/training.md)."""
     lora_rank: int = 4
-    """LoRA rank, and the budget of the sparse methods: k = min((m+n)*lora_rank, m*n)."""
+    """LoRA rank, and the budget of the sparse methods: k = min((m+n)*lora_rank, m*n) per
+    matrix (LoRA's rank is clipped to m*n/(m+n) where lora_rank is larger)."""
     filter_rank: int = 4
     """Rank r of the approximation W_r that scores entries (lift, lift_smallest)."""
     update_interval: int = 100
@@ -51,7 +58,7 @@ class FinetuneConfig:
     seed: int = 0
     """Seeds the training data, its order, LoRA initialisation and the random mask."""
     device: str = "auto"
-    """auto (CUDA when present), cpu or cuda."""
+    """auto (CUDA with bf16 when a GPU is present, else CPU), cpu or cuda."""
     batch_size: int = 16
     """Training examples per step."""
     warmup_ratio: float = 0.03
@@ -61,29 +68,37 @@ class FinetuneConfig:
     eval_every: int = 100
     """Evaluate source and target accuracy every this many steps (and at the end)."""
     max_new_tokens: int | None = None
-    """Generation length when evaluating; None: the longest gold answer plus 8 tokens."""
+    """Generation length when evaluating; unset: the longest gold answer plus 8 tokens."""
     eval_batch_size: int = 64
     """Prompts generated at once when evaluating."""
     eval_limit: int | None = None
-    """Use at most this many examples of each eval set, evenly spread (None: all)."""
+    """Evaluate on at most this many examples of each eval set, evenly spread; unset: all."""
     train_examples: int = 2000
     """Size of the built-in target training set (ignored with train_data)."""
     max_length: int = 512
-    """Training sequences are cut to this many tokens."""
+    """Tokens kept of each training sequence and evaluation prompt (longer ones are cut)."""
     train_data: str | None = None
-    """Alpaca JSON/JSONL training file; None uses the built-in target task."""
+    """Alpaca JSON/JSONL training file; unset: the built-in target task."""
     target_eval: str | None = None
-    """Alpaca JSON/JSONL target eval file; None uses the built-in target eval set."""
+    """Alpaca JSON/JSONL target eval file; unset: the built-in target eval set."""
     source_eval: str | None = None
-    """Alpaca JSON/JSONL source eval file; None uses the built-in source eval set."""
+    """Alpaca JSON/JSONL source eval file, to measure forgetting; unset: the built-in one."""
     out_dir: str | None = None
-    """Run directory for the record; None keeps nothing on disk."""
+    """Run folder for the record (config.json, metrics.jsonl, summary.json), new or empty
+    unless overwrite; without one (library use) nothing is kept on disk."""
     overwrite: bool = False
-    """Allow a non-empty out_dir (its record files are replaced)."""
+    """Replace the run record in a non-empty run folder (never a live run's, never other files)."""
     threads: int | None = None
-    """torch CPU threads (None leaves torch's choice)."""
+    """torch CPU threads; unset: torch's choice."""
     trust_remote_code: bool = False
-    """Allow a hub model's own Python code."""
+    """Allow a hub model's own Python code to run (off by default)."""
+
+    @staticmethod
+    def choices() -> dict[str, tuple[str, ...]]:
+        """The allowed values of the settings that name something (CLI and app lists)."""
+        from lift_core import methods
+
+        return {"method": tuple(methods.METHODS), "svd": tuple(SVD_MODES), "device": DEVICES}
 
     def __post_init__(self):
         check_method(self.method)
@@ -141,17 +156,6 @@ def _check_device(device: str) -> None:
         )
 
 
-def linear_schedule(warmup_steps: int, total_steps: int):
-    """LR multiplier for LambdaLR: linear 0 -> 1 over warmup, then linear 1 -> 0 at the end."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
-
-
 def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Event | None = None,
              progress: bool | None = None) -> dict:
     """Run one fine-tuning job and return its summary (also written to summary.json).
@@ -174,8 +178,8 @@ def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Ev
     Raises:
         LiftError: for bad settings, data or models (before anything is trained).
     """
-    run = _TrainingRun(config, callbacks=callbacks, stop_event=stop_event,
-                      progress=(callbacks is None) if progress is None else progress)
+    run = _Run(config, callbacks=callbacks, stop_event=stop_event,
+               progress=(callbacks is None) if progress is None else progress)
     return run.execute()
 
 
@@ -188,6 +192,27 @@ def config_record(config: FinetuneConfig) -> dict:
     return record
 
 
+def run_config_record(trainer: Trainer) -> dict:
+    """config.json of a set-up run: the settings, device, versions, data sizes and budget."""
+    rows = trainer.method_setup.layers
+    block_entries = sum(r["shape"][0] * r["shape"][1] for r in rows)
+    return {
+        **config_record(trainer.config),
+        "device_used": str(trainer.device),
+        "mixed_precision": trainer.accelerator.mixed_precision,
+        "versions": library_versions(),
+        "model_params": trainer.model_params,
+        "data": {**{k: len(v) for k, v in trainer.data.items()},
+                 "train_dropped": trainer.batches.dropped},
+        "budget": {
+            "trainable_params": trainer.trainable_params,
+            "block_linear_entries": block_entries,
+            "trainable_fraction": trainer.trainable_params / block_entries,
+            "clipped_layers": trainer.method_setup.clipped_layers,
+            "layers": rows,
+        },
+    }
+
 
 # --- the run -----------------------------------------------------------------------------
 
@@ -196,126 +221,51 @@ class _StopRequested(Exception):
     """Raised inside the run when stop_event is set; ends it with status "stopped"."""
 
 
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(exc, (oom, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-def _make_accelerator(config: FinetuneConfig):
-    """CUDA + bf16 autocast when there is a GPU (and device allows), else fp32 on CPU."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    cuda = config.device != "cpu" and torch.cuda.is_available()
-    kwargs = {"cpu": not cuda, "mixed_precision": "bf16" if cuda else "no"}
-    try:
-        return Accelerator(**kwargs)
-    except ValueError:
-        # accelerate keeps one process-wide state; an earlier run in this process (the app)
-        # may have used another device or precision. Runs are sequential, so reset it.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(**kwargs)
-
-
-class _TrainingRun:
-    """One call of :func:`finetune`: state shared by set-up, the loop and the summary."""
+class _Run:
+    """One call of :func:`finetune`: the trainer, the record, the status and the clock."""
 
     def __init__(self, config: FinetuneConfig, *, callbacks, stop_event, progress: bool):
         self.config, self.stop_event, self.progress = config, stop_event, progress
         self.recorder = RunRecorder(config.out_dir, overwrite=config.overwrite,
                                     callbacks=callbacks)
+        self.trainer = Trainer(config)
         self.status, self.error = "running", None
-        self.steps_done, self.train_seconds, self.last_loss = 0, 0.0, None
+        self.train_seconds, self.last_loss = 0.0, None
         self.acc: dict = {}
         self.before: dict = {}
-        self.refreshes = 0
 
     def execute(self) -> dict:
         cfg = self.config
         self.start = time.perf_counter()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
         try:
-            self._set_up()
+            self.trainer.setup()
+            self.recorder.start(run_config_record(self.trainer))
         except BaseException as exc:
-            if _is_oom(exc):  # nothing recorded yet: a one-line user error
+            if is_out_of_memory(exc):  # nothing recorded yet: a one-line user error
                 raise LiftError(f"out of memory while setting up {cfg.model} for {cfg.method}: "
                                 "try a smaller model, --lora-rank or --device cpu") from exc
             raise
         try:
             self._evaluate(0, before=True)
             self._train()
-            self.status = "completed" if self.status == "running" else self.status
+            self.status = "completed"
+        except NonFiniteLoss as exc:
+            self.status, self.error = "failed", str(exc)
         except _StopRequested:
             self.status, self.error = "stopped", "stopped on request"
         except KeyboardInterrupt:
             self._finish("stopped", "interrupted by the user (Ctrl-C)")
             raise
         except BaseException as exc:
-            if not _is_oom(exc):  # a bug or a LiftError: record it, keep the traceback
+            if not is_out_of_memory(exc):  # a bug or a LiftError: record it, keep the traceback
                 text = str(exc) if isinstance(exc, LiftError) else f"{type(exc).__name__}: {exc}"
                 self._finish("failed", (text.strip().splitlines() or [text])[0])
                 raise
             self.status = "failed"
-            self.error = (f"out of memory on {self.device.type} at step {self.steps_done + 1}: "
+            self.error = (f"out of memory on {self.trainer.device.type} at step "
+                          f"{self.trainer.steps_done + 1}: "
                           "try a smaller --batch-size or --lora-rank, or a smaller model")
         return self._finish(self.status, self.error)
-
-    # set-up ------------------------------------------------------------------------------
-
-    def _set_up(self) -> None:
-        from lift_core.methods import setup_method
-        from lift_core.models import load_model, load_tokenizer
-
-        cfg = self.config
-        self.accelerator = _make_accelerator(cfg)
-        self.device = self.accelerator.device
-        check_training_fits(cfg, self.device)  # from the config alone: refuse before allocating
-        self.memory = PeakMemory(self.device)
-        self.data = load_run_data(cfg)
-        model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code)
-        self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        self.model_params = sum(p.numel() for p in model.parameters())
-        model.to(self.device)
-        self.setup = setup_method(
-            model, cfg.method, lr=cfg.lr_used, lora_rank=cfg.lora_rank,
-            filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
-            seed=cfg.seed,
-        )
-        # prepare_model adds bf16 autocast to forward on CUDA (and generate goes through it).
-        self.model = self.accelerator.prepare_model(self.setup.model)
-        self.model.train()
-        self.optimizer = self.setup.optimizer
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps))
-        self.batches = TrainBatches(self.data["train"], self.tokenizer, batch_size=cfg.batch_size,
-                                    seed=cfg.seed, max_length=cfg.max_length, device=self.device)
-        self.recorder.start(self._config_record())
-
-    def _config_record(self) -> dict:
-        rows = self.setup.layers
-        block_entries = sum(r["shape"][0] * r["shape"][1] for r in rows)
-        return {
-            **config_record(self.config),
-            "device_used": str(self.device),
-            "mixed_precision": self.accelerator.mixed_precision,
-            "versions": library_versions(),
-            "model_params": self.model_params,
-            "data": {**{k: len(v) for k, v in self.data.items()},
-                     "train_dropped": self.batches.dropped},
-            "budget": {
-                "trainable_params": self.setup.trainable_params,
-                "block_linear_entries": block_entries,
-                "trainable_fraction": self.setup.trainable_params / block_entries,
-                "clipped_layers": self.setup.clipped_layers,
-                "layers": rows,
-            },
-        }
-
-    # the loop ----------------------------------------------------------------------------
 
     def _train(self) -> None:
         from tqdm import tqdm
@@ -326,14 +276,16 @@ class _TrainingRun:
         try:
             for step in range(1, cfg.steps + 1):
                 self._check_stop()
-                row = self._train_step(step)
-                if self.status == "failed":
-                    return
+                began = time.perf_counter()
+                row = self.trainer.step()
+                self.train_seconds += time.perf_counter() - began
+                self.last_loss = row["loss"]
+                row["elapsed"] = self._elapsed()
                 try:
                     if step % cfg.eval_every == 0 or step == cfg.steps:
                         row.update(self._evaluate(step))
                 finally:  # a stop during the evaluation still records the step
-                    self._record(row)
+                    self.recorder.row(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
         finally:
@@ -343,109 +295,43 @@ class _TrainingRun:
         if self.stop_event is not None and self.stop_event.is_set():
             raise _StopRequested()
 
-    def _train_step(self, step: int) -> dict:
-        began = time.perf_counter()
-        lr = self.scheduler.get_last_lr()[0]
-        batch = self.batches.next()
-        with self.accelerator.autocast():
-            loss = self.model(**batch).loss
-        self.memory.sample()
-        value = loss.item()
-        if not math.isfinite(value):
-            self.status = "failed"
-            self.error = (f"the loss became {value} at step {step}; training stopped "
-                          f"(try a lower learning rate than {self.config.lr_used:g})")
-            return {}
-        self.accelerator.backward(loss)
-        self.memory.sample()
-        if self.config.max_grad_norm:
-            self.optimizer.clip_grad_norm_(self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.memory.sample()
-        self.train_seconds += time.perf_counter() - began
-        self.steps_done, self.last_loss = step, value
-        row = {"step": step, "loss": value, "lr": lr, "elapsed": self._elapsed()}
-        churn = self._mask_churn()
-        if churn is not None:
-            row["mask_churn"] = churn
-        return row
-
-    def _mask_churn(self) -> float | None:
-        """Fraction of mask entries that changed at this step's refresh (k-weighted)."""
-        pop = getattr(self.optimizer, "pop_refresh_events", None)
-        events = [e for e in (pop() if pop else []) if e.get("step", 1) > 0]
-        if not events:
-            return None
-        self.refreshes += 1
-        weights = [e.get("entries", 1) for e in events]
-        return sum(w * e["changed_fraction"] for w, e in zip(weights, events)) / sum(weights)
-
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
-        result = {f"{name}_acc": self._accuracy(name) for name in ("target", "source")}
+        result = self.trainer.evaluate(between_batches=self._check_stop)
         self.acc = {**result, "eval_step": step}
         if before:
             self.before = dict(result)
-            self._record({"step": 0, **result, "elapsed": self._elapsed()})
+            self.recorder.row({"step": 0, **result, "elapsed": self._elapsed()})
         return result
-
-    def _accuracy(self, name: str) -> float:
-        """Accuracy on one eval set, batch by batch so a stop request is seen quickly."""
-        from lift_core.evaluation import accuracy, answer_length
-
-        examples, size = self.data[name], self.config.eval_batch_size
-        # Prompts keep their last max_length tokens and answers count up to max_length, so a
-        # giant eval record costs no more than a max_length one.
-        limit = self.config.max_length
-        max_new = self.config.max_new_tokens or answer_length(self.tokenizer, examples,
-                                                              max_tokens=limit)
-        hits = 0.0
-        for start in range(0, len(examples), size):
-            self._check_stop()
-            chunk = examples[start: start + size]
-            hits += len(chunk) * accuracy(self.model, self.tokenizer, chunk, max_new_tokens=max_new,
-                                          batch_size=size, max_prompt_tokens=limit)
-        return hits / len(examples)
 
     def _elapsed(self) -> float:
         return round(time.perf_counter() - self.start, 3)
 
-    def _record(self, row: dict) -> None:
-        self.recorder.row(row)
-
-    # the end -----------------------------------------------------------------------------
-
     def _finish(self, status: str, error: str | None) -> dict:
         self.status, self.error = status, error
-        # The sparse optimizer's gradient hooks live on the parameters; drop them so the
-        # model (which the caller may keep) back-propagates normally afterwards.
-        remove_hooks = getattr(self.optimizer, "remove_grad_hooks", None)
-        if remove_hooks is not None:
-            remove_hooks()
+        self.trainer.close()  # the caller may keep the model: no gradient hooks left on it
         summary = self._summary()
         self.recorder.end(summary)
         return summary
 
     def _summary(self) -> dict:
-        cfg, before = self.config, self.before
+        cfg, before, trainer = self.config, self.before, self.trainer
         target, source = self.acc.get("target_acc"), self.acc.get("source_acc")
-        source_before = before.get("source_acc")
-        state_bytes = getattr(self.optimizer, "state_bytes", None)
+        source_before, steps_done = before.get("source_acc"), trainer.steps_done
         return {
             "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
             "status": self.status, "error": self.error,
-            "steps": cfg.steps, "steps_done": self.steps_done, "lr_used": cfg.lr_used,
+            "steps": cfg.steps, "steps_done": steps_done, "lr_used": cfg.lr_used,
             "target_acc": target, "source_acc": source,
             "target_acc_before": before.get("target_acc"), "source_acc_before": source_before,
             "forgetting": (source_before - source) if None not in (source, source_before) else None,
             "eval_step": self.acc.get("eval_step"), "final_loss": self.last_loss,
-            "trainable_params": self.setup.trainable_params,
-            "budget_clipped_layers": len(self.setup.clipped_layers),
-            "optimizer_state_bytes": int(state_bytes()) if state_bytes else None,
-            "peak_memory_bytes": self.memory.result(), "peak_memory_measure": self.memory.how,
-            "mask_refreshes": self.refreshes, "device": str(self.device),
+            "trainable_params": trainer.trainable_params,
+            "budget_clipped_layers": len(trainer.method_setup.clipped_layers),
+            "optimizer_state_bytes": int(trainer.optimizer.state_bytes()),
+            "peak_memory_bytes": trainer.memory.result(),
+            "peak_memory_measure": trainer.memory.how,
+            "mask_refreshes": trainer.mask_refreshes, "device": str(trainer.device),
             "wall_seconds": round(time.perf_counter() - self.start, 3),
             "train_seconds": round(self.train_seconds, 3),
-            "seconds_per_step": (self.train_seconds / self.steps_done) if self.steps_done else None,
+            "seconds_per_step": (self.train_seconds / steps_done) if steps_done else None,
         }
