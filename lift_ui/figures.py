@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-# One colour per mask strategy / comparison, used on every page.
+from lift_core.method_registry import METHOD_REGISTRY, method_label
+
+# One colour per method (so per mask strategy) from its registry record, used on every page.
 COLORS = {
-    "lift": "#e66101",
-    "magnitude": "#5e3c99",
-    "random": "#7f7f7f",
-    "lift_smallest": "#1b9e77",
+    **{name: method.color for name, method in METHOD_REGISTRY.items()},
     "shuffled": "#7f7f7f",
     "marker": "#d62728",
 }
@@ -24,15 +23,17 @@ ROLE_COLORS = {
     "q": "#1f77b4", "k": "#aec7e8", "v": "#2ca02c", "o": "#98df8a", "qkv": "#17becf",
     "gate": "#9467bd", "up": "#ff7f0e", "down": "#d62728", "lm_head": "#7f7f7f",
 }
+# Columns of lift_core.overlap's sweeps: jaccard_<a>_vs_<b> -> (a pair, colour, dash).
 SWEEP_LINES = {
-    "jaccard_lift_vs_magnitude": ("LIFT vs magnitude", COLORS["magnitude"], "solid"),
-    "jaccard_lift_vs_random": ("LIFT vs random", COLORS["random"], "dot"),
-    "jaccard_lift_vs_lift_smallest": ("LIFT vs LIFT-smallest", COLORS["lift_smallest"], "dash"),
-    "jaccard_magnitude_vs_random": ("magnitude vs random", "#bcbd22", "dashdot"),
+    f"jaccard_{a}_vs_{b}": (f"{method_label(a)} vs {method_label(b)}", color, dash)
+    for a, b, color, dash in (
+        ("lift", "magnitude", COLORS["magnitude"], "solid"),
+        ("lift", "random", COLORS["random"], "dot"),
+        ("lift", "lift_smallest", COLORS["lift_smallest"], "dash"),
+        ("magnitude", "random", "#bcbd22", "dashdot"),
+    )
 }
-MASK_LABELS = {
-    "lift": "LIFT", "magnitude": "magnitude", "random": "random", "lift_smallest": "LIFT-smallest",
-}
+MASK_LABELS = {m.mask: m.label for m in METHOD_REGISTRY.values() if m.mask is not None}
 
 
 def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
@@ -151,7 +152,7 @@ def overlap_sweep_figure(
         clipped = table[table["density"] >= 1]
         fig.add_trace(go.Scatter(
             x=clipped[x], y=[1.0] * len(clipped), mode="markers+text", text=["whole matrix "] + [""] * (len(clipped) - 1),
-            textposition="middle left", name="budget clipped to the whole matrix",
+            textposition="middle left", name="budget clipped: all entries",
             marker=dict(symbol="x", size=12, color="black")))
     fig.add_trace(go.Scatter(x=[current, current], y=[0, 1], mode="lines", name="current",
                              line=dict(color=COLORS["marker"], width=1), showlegend=False))

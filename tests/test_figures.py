@@ -260,7 +260,8 @@ def test_budget_sweep_marks_clipped_points_the_current_value_and_both_random_lin
     fig = overlap_sweep_figure(table.assign(pct=100 * table["density"]), "pct", 20.0, "density %", "t",
                                current_jaccard=0.31, tick_unit="%")
     lines = {t.name: t for t in fig.data}
-    clipped = next(t for name, t in lines.items() if name and "whole matrix" in name)
+    clipped = lines["budget clipped: all entries"]
+    assert clipped.text[0].strip() == "whole matrix"
     assert list(clipped.x) == list(100 * table.loc[table["density"] >= 1, "density"])
     assert tuple(lines["current"].x) == (20.0, 20.0)
     star = lines["now: LIFT vs magnitude 0.310"]
