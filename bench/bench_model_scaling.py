@@ -21,6 +21,7 @@ import torch
 from bench.bench_memory import build_model, make_batch, set_up, train_step
 from bench.common import (REPO, RESULTS_DIR, Clock, fit_power_law, loglog_svg, machine,
                           markdown_table, median, use_one_thread, write_json)
+from lift_core.method_registry import method_color
 
 RESULTS = RESULTS_DIR / "model_scaling.json"
 IMAGE = REPO / "docs" / "img" / "step_scaling"
@@ -94,7 +95,7 @@ def run(quick: bool = False) -> dict:
 
 # --- the plot: matplotlib when installed, else a small hand-written SVG ----------------------
 
-COLOURS = {"full": "#d62728", "lift": "#1f77b4", "lora": "#2ca02c"}
+COLOURS = {m: method_color(m) for m in METHODS}  # the app's colours (method registry)
 
 
 def plot(report: dict) -> str:

@@ -99,24 +99,24 @@ def lift_smallest_mask(
 
 @dataclass(frozen=True)
 class MaskStrategy:
-    """A named way of choosing k trainable entries of a matrix."""
+    """A named way of choosing k trainable entries of a matrix.
+
+    The registry of mask *functions*: a method that trains a mask names one in its record
+    (lift_core.method_registry), which also holds its label, colour and description.
+    """
 
     name: str
     fn: Callable[..., torch.Tensor]
     uses_filter_rank: bool
-    description: str
 
 
 MASK_STRATEGIES: dict[str, MaskStrategy] = {
     s.name: s
     for s in (
-        MaskStrategy("lift", lift_mask, True, "largest |W_r| (principal weights, the paper)"),
-        MaskStrategy("magnitude", magnitude_mask, False, "largest |W| (plain magnitude)"),
-        MaskStrategy("random", random_mask, False, "uniformly random entries"),
-        MaskStrategy(
-            "lift_smallest", lift_smallest_mask, True,
-            "smallest |W_r| (the authors' released-code default; a baseline)",
-        ),
+        MaskStrategy("lift", lift_mask, True),  # largest |W_r|: principal weights, the paper
+        MaskStrategy("magnitude", magnitude_mask, False),
+        MaskStrategy("random", random_mask, False),
+        MaskStrategy("lift_smallest", lift_smallest_mask, True),  # the released code's default
     )
 }
 

@@ -2,10 +2,12 @@
 
 Every method trains the same matrices (each linear layer inside the transformer blocks;
 lm_head, embeddings, norms and biases stay frozen) with the same update rule (SparseAdamW:
-masked groups for the sparse methods, dense groups for full fine-tuning and LoRA), and the
-sparse methods and LoRA get the same budget per matrix, k = min((m + n) * lora_rank, m * n):
-where (m + n) * lora_rank exceeds m * n a sparse method trains the whole matrix and LoRA's
-rank is clipped to m * n // (m + n). So the methods differ only in *which* numbers they train.
+masked groups for the sparse methods, dense groups for full fine-tuning and the LoRA-family
+adapters), and the sparse methods and LoRA get the same budget per matrix,
+k = min((m + n) * lora_rank, m * n): where (m + n) * lora_rank exceeds m * n a sparse method
+trains the whole matrix and the adapters' rank is clipped to m * n // (m + n). So the
+methods differ only in *which* numbers they train. What each method is (its mask strategy
+or adapter settings) is read from :mod:`lift_core.method_registry`.
 """
 
 from __future__ import annotations
@@ -18,35 +20,25 @@ import torch
 from torch import nn
 
 from lift_core.errors import LiftError
-from lift_core.masks import budget_is_clipped, lora_budget
+from lift_core.masks import MASK_STRATEGIES, budget_is_clipped, lora_budget
+# check_method and default_lr are re-exported: callers set methods up through this module.
+from lift_core.method_registry import (
+    METHOD_REGISTRY,
+    AdapterSettings,
+    check_method,
+    default_lr,
+    get_method,
+    method_names,
+)
 from lift_core.models import list_linear_layers
 
 log = logging.getLogger(__name__)
 
-SPARSE_METHODS = ("lift", "magnitude", "random", "lift_smallest")
-METHODS = ("lift", "full", "lora", "magnitude", "random", "lift_smallest")
-
-# Per-method learning rates for the built-in model: each the best target accuracy of one
-# shared grid (3e-4 .. 3e-2, sample_runs/lr_sweep.sh, table in docs/training.md).
-# lift_smallest was not swept and takes lift's. As in the paper, the sparse methods and
-# LoRA want a higher rate than full fine-tuning, which moves every entry (here 10x).
-DEFAULT_LRS = {
-    "lift": 1e-2,
-    "magnitude": 1e-2,
-    "random": 1e-2,
-    "lift_smallest": 1e-2,
-    "lora": 1e-2,
-    "full": 1e-3,
-}
-
-METHOD_DESCRIPTIONS = {
-    "lift": "principal weights: the k largest entries of the rank-r approximation |W_r|",
-    "full": "full fine-tuning of every block linear (AdamW)",
-    "lora": "LoRA adapters (peft) of rank lora_rank on every block linear",
-    "magnitude": "the k largest |W| entries (plain magnitude)",
-    "random": "k uniformly random entries",
-    "lift_smallest": "the k smallest |W_r| entries (the authors' released-code default)",
-}
+# Snapshots of the registry for callers that read them once; code that must see a method
+# registered later (the CLI parser, the app's lists) calls method_names() instead.
+METHODS = method_names()
+SPARSE_METHODS = method_names("sparse")
+DEFAULT_LRS = {name: method.default_lr for name, method in METHOD_REGISTRY.items()}
 
 ADAM_BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-6
@@ -56,33 +48,21 @@ ADAM_EPS = 1e-6
 class MethodSetup:
     """What a method hands the training loop: the model to train and its optimizer."""
 
-    model: nn.Module  # the model to call (peft-wrapped for LoRA)
+    model: nn.Module  # the model to call (peft-wrapped for the LoRA family)
     optimizer: torch.optim.Optimizer  # a SparseAdamW
-    trainable_params: int  # numbers actually trained (masked entries, LoRA A+B, or all)
+    trainable_params: int  # numbers actually trained (masked entries, adapters, or all)
     layers: list[dict] = field(default_factory=list)  # per-matrix shape, budget k, clipping
 
     @property
     def clipped_layers(self) -> list[str]:
         """Matrices whose budget (m+n)*lora_rank exceeded m*n and was clipped (to m*n
-        entries, or for LoRA to rank m*n // (m+n))."""
+        entries, or for the LoRA family to rank m*n // (m+n))."""
         return clipped_layer_names(self.layers)
 
 
 def clipped_layer_names(rows: list[dict]) -> list[str]:
     """Names of the budget rows (see :func:`budget_rows`) whose budget was clipped."""
     return [row["layer"] for row in rows if row["clipped"]]
-
-
-def check_method(method: str) -> str:
-    """Return ``method`` or raise LiftError listing the allowed ones."""
-    if method not in METHODS:
-        raise LiftError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
-    return method
-
-
-def default_lr(method: str) -> float:
-    """The learning rate a method uses when none is given."""
-    return DEFAULT_LRS[check_method(method)]
 
 
 def block_linear_names(model: nn.Module) -> list[str]:
@@ -103,17 +83,20 @@ def lora_rank_within_budget(shape: tuple[int, int], lora_rank: int) -> int:
 def budget_rows(model: nn.Module, method: str, lora_rank: int) -> list[dict]:
     """One row per block linear: layer, role, shape, k trained numbers, density, clipped.
 
-    LoRA rows also carry the layer's ``lora_rank`` (after clipping). Works on a model on
-    the meta device, so memory can be estimated before any weight is allocated.
+    Adapter (LoRA-family) rows also carry the layer's ``lora_rank`` (after clipping); DoRA's
+    k includes its magnitude vector. Works on a model on the meta device, so memory can be
+    estimated before any weight is allocated.
     """
+    spec = get_method(method)
     rows = []
     for layer in list_linear_layers(model, blocks_only=True):
         row = {"layer": layer.name, "role": layer.role, "shape": list(layer.shape)}
-        if method == "full":
+        if spec.kind == "dense":
             k, clipped = layer.numel, False
-        elif method == "lora":
+        elif spec.kind == "adapter":
             row["lora_rank"] = lora_rank_within_budget(layer.shape, lora_rank)
-            k, clipped = sum(layer.shape) * row["lora_rank"], row["lora_rank"] < lora_rank
+            k = sum(layer.shape) * row["lora_rank"] + spec.adapter.extra_per_layer(layer.shape)
+            clipped = row["lora_rank"] < lora_rank
         else:
             k = lora_budget(layer.shape, lora_rank)
             clipped = budget_is_clipped(layer.shape, lora_rank)
@@ -125,11 +108,11 @@ def _warn_if_clipped(rows: list[dict], method: str, lora_rank: int) -> None:
     clipped = clipped_layer_names(rows)
     if not clipped:
         return
-    if method == "lora":
+    if get_method(method).kind == "adapter":
         ranks = sorted({row["lora_rank"] for row in rows if row["clipped"]})
-        log.warning("LoRA rank %d exceeds m*n/(m+n) in %d of %d layers: their rank was "
-                    "clipped to %s, so no layer trains more numbers than it has",
-                    lora_rank, len(clipped), len(rows), ", ".join(map(str, ranks)))
+        log.warning("LoRA rank %d exceeds m*n/(m+n) in %d of %d layers: %s's rank was "
+                    "clipped there to %s, so no layer trains more numbers than it has",
+                    lora_rank, len(clipped), len(rows), method, ", ".join(map(str, ranks)))
     else:
         log.warning("budget rank %d gives (m+n)*rank > m*n in %d of %d layers: %s trains "
                     "those whole matrices", lora_rank, len(clipped), len(rows), method)
@@ -137,7 +120,8 @@ def _warn_if_clipped(rows: list[dict], method: str, lora_rank: int) -> None:
 
 def check_filter_rank_fits(model: nn.Module, method: str, filter_rank: int) -> None:
     """Raise LiftError when a LIFT-style mask's filter rank exceeds some matrix's rank."""
-    if method not in ("lift", "lift_smallest"):
+    mask = get_method(method).mask
+    if mask is None or not MASK_STRATEGIES[mask].uses_filter_rank:
         return
     for layer in list_linear_layers(model, blocks_only=True):
         if filter_rank > min(layer.shape):
@@ -160,17 +144,17 @@ def setup_method(
 ) -> MethodSetup:
     """Freeze ``model`` and make the chosen method's trainable set and optimizer.
 
-    The model must already be on its training device: masks and moments are created where
-    the weights live.
+    The model must already be on its training device: masks, moments and PiSSA's SVD are
+    computed where the weights live.
 
     Args:
         model: a causal LM (not yet wrapped).
-        method: one of :data:`METHODS`.
+        method: a name of :data:`lift_core.method_registry.METHOD_REGISTRY`.
         lr: peak learning rate (the schedule scales it).
         lora_rank: LoRA rank, and the budget rank of the sparse methods.
         filter_rank: rank r of W_r for lift / lift_smallest.
         update_interval: optimizer steps between mask refreshes.
-        svd: "exact" or "randomized" for the LIFT masks.
+        svd: "exact" or "randomized" for the LIFT masks and PiSSA's initial SVD.
         seed: seeds the random mask (and the randomized SVD's sketch).
 
     Returns:
@@ -178,22 +162,21 @@ def setup_method(
     """
     from lift_core.optim import SparseAdamW
 
-    check_method(method)
+    spec = get_method(method)
     check_filter_rank_fits(model, method, filter_rank)
     rows = budget_rows(model, method, lora_rank)
     _warn_if_clipped(rows, method, lora_rank)
-    names = [row["layer"] for row in rows]
     model.requires_grad_(False)
-    if method == "lora":
-        transposed = any(layer.transposed for layer in list_linear_layers(model, blocks_only=True))
+    if spec.kind == "adapter":
         ranks = {row["layer"]: row["lora_rank"] for row in rows}
-        model, params = _wrap_lora(model, ranks, lora_rank, fan_in_fan_out=transposed)
+        model, params = _wrap_adapter(model, spec.adapter, ranks, lora_rank, svd=svd)
         groups, trainable = [{"params": params}], sum(p.numel() for p in params)
     else:
+        names = [row["layer"] for row in rows]
         weights = [model.get_submodule(name).weight.requires_grad_(True) for name in names]
-        mask_settings = {"mask": method, "lora_rank": lora_rank, "filter_rank": filter_rank,
+        mask_settings = {"mask": spec.mask, "lora_rank": lora_rank, "filter_rank": filter_rank,
                          "update_interval": update_interval, "svd": svd, "seed": seed}
-        groups = [{"params": weights}] if method == "full" else [
+        groups = [{"params": weights}] if spec.kind == "dense" else [
             # One group per matrix, named, so refresh events can say which matrix churned.
             {"params": [w], "param_names": [name], **mask_settings}
             for w, name in zip(weights, names)
@@ -202,30 +185,42 @@ def setup_method(
     # Sparse methods gather their masked gradients during backward and free the dense
     # ones: part of LIFT's memory saving. Dense methods need the full gradients anyway.
     optimizer = SparseAdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0,
-                            free_dense_grads=method in SPARSE_METHODS)
+                            free_dense_grads=spec.kind == "sparse")
     return MethodSetup(model, optimizer, trainable, rows)
 
 
-def _wrap_lora(model: nn.Module, ranks: dict[str, int], lora_rank: int, *, fan_in_fan_out: bool):
-    """peft LoRA on exactly the block linears (full names, so nothing outside matches).
+# PiSSA's fast variant: peft's randomized SVD with this many subspace iterations.
+_PISSA_FAST_ITERATIONS = 4
+
+
+def _wrap_adapter(model: nn.Module, adapter: AdapterSettings, ranks: dict[str, int],
+                  lora_rank: int, *, svd: str):
+    """A peft LoRA-family adapter on exactly the block linears (full names, so nothing else
+    matches); LoRA, PiSSA and DoRA differ only in ``adapter``.
 
     ``ranks`` maps each layer to its rank; layers below ``lora_rank`` (clipped to the budget)
     get their own rank through peft's rank_pattern, and every layer keeps alpha = 2 * rank.
-    ``fan_in_fan_out`` is True for GPT-2 style Conv1D layers, which store weights (in, out).
+    GPT-2 style Conv1D layers store weights (in, out) and need peft's fan_in_fan_out.
     """
     from peft import LoraConfig, get_peft_model
 
+    transposed = any(layer.transposed for layer in list_linear_layers(model, blocks_only=True))
+    init = adapter.init
+    if init == "pissa" and svd == "randomized":
+        init = f"pissa_niter_{_PISSA_FAST_ITERATIONS}"
     # peft reads pattern keys as regular expressions: escape the dots of module names.
     clipped = {re.escape(name): rank for name, rank in ranks.items() if rank != lora_rank}
     config = LoraConfig(
         r=lora_rank, lora_alpha=2 * lora_rank, target_modules=list(ranks), lora_dropout=0.0,
-        bias="none", fan_in_fan_out=fan_in_fan_out, rank_pattern=clipped,
+        bias="none", fan_in_fan_out=transposed, rank_pattern=clipped,
         alpha_pattern={key: 2 * rank for key, rank in clipped.items()},
+        init_lora_weights=init, use_dora=adapter.use_dora,
     )
     wrapped = get_peft_model(model, config)
     params = [p for n, p in wrapped.named_parameters() if p.requires_grad]
-    # peft freezes the base model; only lora_A / lora_B may remain trainable.
+    # peft freezes the base model (PiSSA rewrites its weights to the residual but keeps
+    # them frozen); only lora_A / lora_B (and DoRA's lora_magnitude_vector) may train.
     stray = [n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
     if stray:  # pragma: no cover - a peft behaviour change would land here
-        raise RuntimeError(f"peft left non-LoRA parameters trainable: {stray[:3]}")
+        raise RuntimeError(f"peft left non-adapter parameters trainable: {stray[:3]}")
     return wrapped, params

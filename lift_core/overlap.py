@@ -15,7 +15,7 @@ import torch
 
 from lift_core.errors import LiftError
 from lift_core.checks import check_filter_rank
-from lift_core.masks import compute_mask, lora_budget, magnitude_mask, random_mask
+from lift_core.masks import MASK_STRATEGIES, compute_mask, lora_budget, magnitude_mask, random_mask
 from lift_core.scoring import PrincipalScorer
 
 # Codes of mask_difference(): which mask(s) selected an entry.
@@ -64,14 +64,14 @@ def pairwise_jaccard(masks: dict[str, torch.Tensor]) -> pd.DataFrame:
 def baseline_masks(
     weight: torch.Tensor, *, k: int, filter_rank: int, svd: str = "exact", seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """LIFT, magnitude, random and LIFT-smallest masks of one matrix at one budget."""
-    names = ("lift", "magnitude", "random", "lift_smallest")
+    """Every mask strategy's mask of one matrix at one budget (LIFT, magnitude, random and
+    LIFT-smallest), keyed by the names of :data:`lift_core.masks.MASK_STRATEGIES`."""
     return {
         name: compute_mask(
             name, weight, k=k, filter_rank=filter_rank, svd=svd,
             generator=torch.Generator().manual_seed(seed),
         )
-        for name in names
+        for name in MASK_STRATEGIES
     }
 
 

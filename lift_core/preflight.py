@@ -114,10 +114,10 @@ class MemoryEstimate:
     method: str
     trainable_params: int  # numbers trained (the same count setup_method reports)
     model_bytes: int  # every weight of the model, fp32
-    trainable_bytes: int  # weights added for training (LoRA's A and B; 0 otherwise)
+    trainable_bytes: int  # weights added for training (adapters: A, B, DoRA's magnitude)
     optimizer_bytes: int  # AdamW moments (and the sparse methods' indices)
     gradient_bytes: int  # gradients kept between backward and step
-    transient_bytes: int  # mask computation: a few copies of the largest matrix
+    transient_bytes: int  # masks, PiSSA's SVD, DoRA's norms: copies of the largest matrix
 
     @property
     def total_bytes(self) -> int:
@@ -127,32 +127,47 @@ class MemoryEstimate:
     def describe(self) -> str:
         parts = [("model", self.model_bytes), ("adapters", self.trainable_bytes),
                  ("optimizer state", self.optimizer_bytes), ("gradients", self.gradient_bytes),
-                 ("mask computation", self.transient_bytes)]
+                 ("working copies of the largest matrix", self.transient_bytes)]
         return ", ".join(f"{name} {_gib(b)}" for name, b in parts if b)
 
 
 def estimate_training_memory(model: torch.nn.Module, method: str, lora_rank: int) -> MemoryEstimate:
     """What training ``model`` (meta-device is fine) with ``method`` will hold.
 
-    Per trained number: full keeps a gradient and two AdamW moments (12 B); LoRA also
-    holds the adapter weight itself (16 B); the sparse methods keep an index, two moments
-    and a gathered gradient (16 B) and free each dense gradient during backward, but build
-    the mask from dense copies of one matrix at a time.
+    Per trained number: full keeps a gradient and two AdamW moments (12 B); the adapters
+    (LoRA, PiSSA, DoRA: A and B, and DoRA's magnitude vector) also hold the adapter weight
+    itself (16 B); the sparse methods keep an index, two moments and a gathered gradient
+    (16 B) and free each dense gradient during backward. Copies of the largest matrix come
+    on top: the sparse methods build each mask from dense copies of one matrix at a time,
+    PiSSA takes each matrix's SVD, DoRA forms W + BA to take its row norms.
     """
-    from lift_core.methods import SPARSE_METHODS, budget_rows
+    from lift_core.method_registry import get_method
+    from lift_core.methods import budget_rows
 
+    spec = get_method(method)
     rows = budget_rows(model, method, lora_rank)
     trainable = sum(row["k"] for row in rows)
     largest = max(row["shape"][0] * row["shape"][1] for row in rows)
-    sparse = method in SPARSE_METHODS
+    sparse = spec.kind == "sparse"
     return MemoryEstimate(
         method=method, trainable_params=trainable,
         model_bytes=_FP32 * sum(p.numel() for p in model.parameters()),
-        trainable_bytes=_FP32 * trainable if method == "lora" else 0,
-        optimizer_bytes=(3 if sparse else 2) * _FP32 * trainable,
+        trainable_bytes=_FP32 * trainable if spec.kind == "adapter" else 0,
+        optimizer_bytes=spec.state_bytes_per_number * trainable,
         gradient_bytes=_FP32 * (trainable + (largest if sparse else 0)),
-        transient_bytes=3 * _FP32 * largest if sparse else 0,
+        transient_bytes=_dense_copies(spec) * _FP32 * largest,
     )
+
+
+def _dense_copies(spec) -> int:
+    """fp32 copies of the largest matrix a method's set-up or step makes at once."""
+    if spec.kind == "sparse":
+        return 3  # |W_r| or |W|, its top-k selection, the matrix in fp32
+    if spec.adapter is not None and spec.adapter.init == "pissa":
+        return 3  # PiSSA: the matrix in fp32 and its SVD factors
+    if spec.adapter is not None and spec.adapter.use_dora:
+        return 2  # DoRA: W + scale * BA, and its row norms' working copy
+    return 0
 
 
 def available_bytes(device: torch.device) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.methods import check_method, default_lr
+from lift_core.method_registry import check_method, default_lr, method_names
 from lift_core.preflight import check_output_dir
 from lift_core.records import RunRecorder, library_versions
 from lift_core.svd import SVD_MODES
@@ -74,7 +74,7 @@ class FinetuneConfig:
     eval_limit: int | None = None
     """Evaluate on at most this many examples of each eval set, evenly spread; unset: all."""
     train_examples: int = 2000
-    """Size of the built-in target training set (ignored with train_data)."""
+    """Size of the built-in target training set (not used with a training file)."""
     max_length: int = 512
     """Tokens kept of each training sequence and evaluation prompt (longer ones are cut)."""
     train_data: str | None = None
@@ -96,9 +96,7 @@ class FinetuneConfig:
     @staticmethod
     def choices() -> dict[str, tuple[str, ...]]:
         """The allowed values of the settings that name something (CLI and app lists)."""
-        from lift_core import methods
-
-        return {"method": tuple(methods.METHODS), "svd": tuple(SVD_MODES), "device": DEVICES}
+        return {"method": method_names(), "svd": tuple(SVD_MODES), "device": DEVICES}
 
     def __post_init__(self):
         check_method(self.method)

@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lift_ui.figures import COLORS, _layout
+from lift_ui.figures import COLORS, MASK_LABELS, _layout
 from lift_ui.pooling import difference_counts, majority_codes
 
 # Difference codes of lift_core.overlap.mask_difference(lift, magnitude).
@@ -130,7 +130,7 @@ def row_col_figure(
             counts = np.asarray(counts)
             fig.add_trace(go.Scatter(
                 x=np.arange(len(counts)), y=counts, mode="lines", line_shape="hv",
-                name="LIFT" if name == "lift" else "magnitude", legendgroup=name,
+                name=MASK_LABELS[name], legendgroup=name,
                 showlegend=col == 1, line=dict(color=COLORS[name], width=1),
             ), row=1, col=col)
     fig.update_xaxes(title_text="row index", row=1, col=1)

@@ -14,20 +14,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lift_ui.figures import COLORS, _layout
+from lift_core.method_registry import METHOD_REGISTRY, method_color, method_label
+from lift_ui.figures import _layout
 
-METHOD_COLORS = {
-    "lift": COLORS["lift"], "magnitude": COLORS["magnitude"], "random": COLORS["random"],
-    "lift_smallest": COLORS["lift_smallest"], "full": "#0571b0", "lora": "#4dac26",
-}
-METHOD_NAMES = {"lift": "LIFT", "full": "full FT", "lora": "LoRA", "magnitude": "magnitude",
-                "random": "random", "lift_smallest": "LIFT-smallest"}
+# Every method's colour, from its registry record (method_color reads the registry itself).
+METHOD_COLORS = {name: method.color for name, method in METHOD_REGISTRY.items()}
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-
-
-def method_color(method: str) -> str:
-    """The colour of a method on every chart (grey for unknown ones)."""
-    return METHOD_COLORS.get(method, "#444444")
 
 
 def ema(values, alpha: float) -> np.ndarray:
@@ -196,7 +188,7 @@ def memory_figure(table: pd.DataFrame) -> go.Figure:
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=("trainable numbers", "optimizer state (KiB)"))
     colors = [method_color(m) for m in table["method"]]
-    names = [METHOD_NAMES.get(m, m) for m in table["method"]]
+    names = [method_label(m) for m in table["method"]]
     fig.add_trace(go.Bar(x=names, y=table["trainable_params"], marker_color=colors, showlegend=False,
                          hovertemplate="%{x}: %{y:,} numbers<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=names, y=table["optimizer_state_bytes"] / 1024, marker_color=colors,

@@ -11,9 +11,13 @@ from __future__ import annotations
 import pandas as pd
 
 from lift_core.errors import LiftError
-from lift_core.methods import SPARSE_METHODS
+from lift_core.method_registry import (
+    METHOD_REGISTRY,
+    PRINCIPAL_METHOD,
+    method_label,
+    method_names,
+)
 from lift_core.records import RunRecord, is_run_dir, read_run
-from lift_ui.figures_training import METHOD_NAMES
 
 
 def read_record(path) -> RunRecord | None:
@@ -48,7 +52,7 @@ def mean_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     values = ["loss", "target_acc", "source_acc", "mask_churn"]
     grouped = metrics.groupby(["method", "step"])[values]
     out = grouped.mean().join(grouped.std(ddof=1), rsuffix="_std").reset_index()
-    out["label"] = out["method"].map(lambda m: METHOD_NAMES.get(m, m))
+    out["label"] = out["method"].map(method_label)
     return out
 
 
@@ -69,16 +73,16 @@ def progress_numbers(record: RunRecord | None, steps: int, now_elapsed: float | 
 def optimizer_state_bytes(record: RunRecord) -> tuple[int | None, bool]:
     """(bytes, exact): the summary's figure once the run ends, else an estimate from the budget.
 
-    The estimate is what SparseAdamW stores: two fp32 moments per trained number, plus an
-    int32 index per entry for the sparse methods.
+    The estimate is what SparseAdamW stores per trained number, from the method's registry
+    record (two fp32 moments, plus an int32 index per entry for the sparse methods).
     """
     if record.summary and record.summary.get("optimizer_state_bytes") is not None:
         return int(record.summary["optimizer_state_bytes"]), True
     trainable = (record.config.get("budget") or {}).get("trainable_params")
-    if trainable is None:
+    method = METHOD_REGISTRY.get(record.config.get("method"))
+    if trainable is None or method is None:
         return None, False
-    per = 12 if record.config.get("method") in SPARSE_METHODS else 8
-    return trainable * per, False
+    return trainable * method.state_bytes_per_number, False
 
 
 def tradeoff_points(records: dict[str, RunRecord]) -> pd.DataFrame:
@@ -113,7 +117,7 @@ def method_points(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["label", "method", "target_acc", "forgetting"])
     agg = method_table(done)
     return pd.DataFrame({
-        "label": agg["method"].map(lambda m: METHOD_NAMES.get(m, m)), "method": agg["method"],
+        "label": agg["method"].map(method_label), "method": agg["method"],
         "runs": agg["runs"], "target_acc": agg["target_acc_mean"], "target_acc_std": agg["target_acc_std"],
         "forgetting": agg["forgetting_mean"], "forgetting_std": agg["forgetting_std"],
     })
@@ -142,6 +146,10 @@ def _fmt(value: tuple[float, float], runs: int) -> str:
 def workshop_findings(points: pd.DataFrame) -> dict[str, str]:
     """Plain sentences about what a set of runs shows, computed from a method table.
 
+    LIFT (the registry's PRINCIPAL_METHOD) is compared for forgetting with the methods that
+    train dense weights or adapters, for selection with the other masks at the same budget,
+    and for memory with full fine-tuning (the dense method).
+
     Args:
         points: :func:`lift_core.compare_cli.method_table` of completed runs.
 
@@ -149,41 +157,56 @@ def workshop_findings(points: pd.DataFrame) -> dict[str, str]:
         dict with any of "accuracy", "forgetting", "selection", "memory" (missing when the
         runs needed for that sentence are not there).
     """
-    names = {m: METHOD_NAMES.get(m, m) for m in points["method"]}
+    means = {col: {m: v for m in points["method"] if (v := _mean(points, m, col))}
+             for col in ("target_acc", "forgetting", "optimizer_state_bytes", "trainable_params")}
     runs = dict(zip(points["method"], points["runs"]))
-    acc = {m: v for m in points["method"] if (v := _mean(points, m, "target_acc"))}
-    forget = {m: v for m in points["method"] if (v := _mean(points, m, "forgetting"))}
     out = {}
-    if acc:
-        best = max(acc, key=lambda m: acc[m][0])
-        before = _mean(points, best, "target_acc_before")
-        listing = ", ".join(f"{names[m]} {_fmt(acc[m], runs[m])}" for m in acc)
-        close = [names[m] for m in acc if m != best
-                 and acc[best][0] - acc[m][0] <= max(acc[best][1], acc[m][1])]
-        verdict = (f"Highest mean: {names[best]}, with {', '.join(close)} within one standard deviation of it."
-                   if close else f"Highest here: {names[best]}.")
-        out["accuracy"] = (f"Target accuracy after training (mean ± std over seeds): {listing}"
-                           + (f", from {100 * before[0]:.1f}% before training" if before else "")
-                           + f". {verdict}")
-    if "lift" in forget:
-        parts = [f"{_versus(forget['lift'], forget[m], 'more than', 'less than', 'points')} {names[m]}"
-                 for m in ("full", "lora") if m in forget]
-        value = 100 * forget["lift"][0]
-        lost = (f"LIFT lost {value:.1f} points of source accuracy" if value >= 0
-                else f"LIFT gained {-value:.1f} points of source accuracy")
+    if means["target_acc"]:
+        out["accuracy"] = _accuracy_sentence(points, means["target_acc"], runs)
+    lift, label = PRINCIPAL_METHOD, method_label(PRINCIPAL_METHOD)
+    forget = means["forgetting"]
+    if lift in forget:
+        others = [m for m in method_names() if METHOD_REGISTRY[m].kind != "sparse" and m in forget]
+        parts = [f"{_versus(forget[lift], forget[m], 'more than', 'less than', 'points')} {method_label(m)}"
+                 for m in others]
+        value = 100 * forget[lift][0]
+        lost = (f"{label} lost {value:.1f} points of source accuracy" if value >= 0
+                else f"{label} gained {-value:.1f} points of source accuracy")
         out["forgetting"] = lost + (f": {' and '.join(parts)}." if parts else ".") + (
             " (Forgetting = source accuracy before minus after; the paper finds LIFT forgets "
             "less than full fine-tuning and LoRA.)")
-    if "lift" in acc and any(m in acc for m in ("magnitude", "random")):
-        parts = [f"{_versus(acc['lift'], acc[m], 'above', 'below', 'points')} {names[m]}"
-                 for m in ("magnitude", "random") if m in acc]
-        out["selection"] = ("Same budget, different choice of entries: LIFT's target accuracy is "
+    acc = means["target_acc"]
+    masks = [m for m in method_names("sparse") if m != lift and m in acc]
+    if lift in acc and masks:
+        parts = [f"{_versus(acc[lift], acc[m], 'above', 'below', 'points')} {method_label(m)}"
+                 for m in masks]
+        out["selection"] = (f"Same budget, different choice of entries: {label}'s target accuracy is "
                             + " and ".join(parts) + ". The paper ranks LIFT above magnitude and random selection.")
-    state = {m: v for m in points["method"] if (v := _mean(points, m, "optimizer_state_bytes"))}
-    trained = {m: v for m in points["method"] if (v := _mean(points, m, "trainable_params"))}
-    if "lift" in state and "full" in state:
-        out["memory"] = (f"LIFT trains {trained['lift'][0]:,.0f} numbers and keeps {state['lift'][0] / 1024:,.0f} KiB "
-                         f"of optimizer state; full fine-tuning trains {trained['full'][0]:,.0f} and keeps "
-                         f"{state['full'][0] / 1024:,.0f} KiB ({state['full'][0] / state['lift'][0]:.1f}x). "
-                         "On Llama-2-7B the paper reports 27 GB vs 1.3 GB.")
+    memory = _memory_sentence(means["optimizer_state_bytes"], means["trainable_params"])
+    if memory:
+        out["memory"] = memory
     return out
+
+
+def _accuracy_sentence(points: pd.DataFrame, acc: dict, runs: dict) -> str:
+    best = max(acc, key=lambda m: acc[m][0])
+    before = _mean(points, best, "target_acc_before")
+    listing = ", ".join(f"{method_label(m)} {_fmt(acc[m], runs[m])}" for m in acc)
+    close = [method_label(m) for m in acc if m != best
+             and acc[best][0] - acc[m][0] <= max(acc[best][1], acc[m][1])]
+    verdict = (f"Highest mean: {method_label(best)}, with {', '.join(close)} within one standard "
+               "deviation of it." if close else f"Highest here: {method_label(best)}.")
+    return (f"Target accuracy after training (mean ± std over seeds): {listing}"
+            + (f", from {100 * before[0]:.1f}% before training" if before else "") + f". {verdict}")
+
+
+def _memory_sentence(state: dict, trained: dict) -> str | None:
+    """LIFT's trained numbers and optimizer state against full fine-tuning's."""
+    lift = PRINCIPAL_METHOD
+    dense = next((m for m in method_names("dense") if m in state), None)
+    if lift not in state or dense is None:
+        return None
+    return (f"{method_label(lift)} trains {trained[lift][0]:,.0f} numbers and keeps "
+            f"{state[lift][0] / 1024:,.0f} KiB of optimizer state; {method_label(dense)} trains "
+            f"{trained[dense][0]:,.0f} and keeps {state[dense][0] / 1024:,.0f} KiB "
+            f"({state[dense][0] / state[lift][0]:.1f}x). On Llama-2-7B the paper reports 27 GB vs 1.3 GB.")

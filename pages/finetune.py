@@ -3,7 +3,7 @@
 import streamlit as st
 
 from lift_core.compare_cli import DEFAULT_METHODS
-from lift_core.methods import METHODS
+from lift_core.method_registry import method_names
 from lift_ui import job_view, training
 from lift_ui.state import require_app_navigation
 
@@ -23,7 +23,7 @@ if settings is not None:
                                steps=settings.steps, job_label=f"{settings.method}, {settings.steps} steps",
                                key="ft_run")
     with compare_tab:
-        methods = st.multiselect("Methods, in run order", METHODS, default=list(DEFAULT_METHODS), key="ft_compare_methods")
+        methods = st.multiselect("Methods, in run order", method_names(), default=list(DEFAULT_METHODS), key="ft_compare_methods")
         st.caption("The same settings for every method, each with its own default learning rate; "
                    "one job that trains them one after another into one folder.")
         if methods:

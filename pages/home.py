@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lift_core.compare_cli import method_table
+from lift_core.method_registry import METHOD_REGISTRY
 from lift_core.records import runs_table
 from lift_ui import run_data, state, training
 
@@ -40,6 +41,9 @@ st.markdown(
 measured = _sample_runs_forgetting()
 if measured:
     st.markdown(measured)
+with st.expander(f"The {len(METHOD_REGISTRY)} methods you can fine-tune with (Train pages, CLI `--method`)"):
+    st.markdown("\n".join(f"- **{m.label}** (`{m.name}`, default lr {m.default_lr:g}): {m.description}"
+                           for m in METHOD_REGISTRY.values()))
 sel = state.explorer_sidebar()
 st.subheader("Explore")
 cols = st.columns(3)

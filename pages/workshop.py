@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lift_core.compare_cli import method_table
+from lift_core.method_registry import PRINCIPAL_METHOD, method_label, method_names
 from lift_core.records import runs_table
 from lift_ui import figures_training as figs
 from lift_ui import job_view, run_data, training
@@ -60,11 +61,11 @@ else:
                 "every entry and needs Adam moments for all of them. " + facts.get("memory", ""))
 
     st.header("4. The mask moves")
-    sparse = curves[curves["method"].isin(["lift", "magnitude", "random"])]
+    sparse = curves[curves["method"].isin(method_names("sparse"))]
     st.plotly_chart(figs.churn_figure(sparse), key="ws_churn")
-    lift = sparse[(sparse["method"] == "lift") & sparse["mask_churn"].notna()]
-    churn = (f" Here LIFT replaced {100 * lift['mask_churn'].min():.1f}–{100 * lift['mask_churn'].max():.1f}% "
-             "of its mask at each refresh." if len(lift) else "")
+    lift = sparse[(sparse["method"] == PRINCIPAL_METHOD) & sparse["mask_churn"].notna()]
+    churn = (f" Here {method_label(PRINCIPAL_METHOD)} replaced {100 * lift['mask_churn'].min():.1f}–"
+             f"{100 * lift['mask_churn'].max():.1f}% of its mask at each refresh." if len(lift) else "")
     st.markdown("Every few hundred steps the mask is recomputed from the *current* weights: entries that "
                 "stay keep their Adam moments, new ones start from zero. Training changes which weights "
                 "are principal." + churn)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The learning-rate sweep behind methods.DEFAULT_LRS: every method on the same grid, on
-# the built-in model and tasks with the default schedule (300 steps, lora/filter rank 4),
-# one seed (100) kept apart from the seeds of the sample runs (0, 1, 2).
+# The learning-rate sweep behind the methods' default learning rates (their records in
+# lift_core/method_registry.py): every method on the same grid, on the built-in model and
+# tasks with the default schedule (300 steps, lora/filter rank 4), one seed (100) kept apart
+# from the seeds of the sample runs (0, 1, 2).
 # Accuracy is measured once at the end on 60 evenly spread examples of each eval set (to keep
 # the sweep cheap). Records go to runs/lr_sweep/ (git-ignored); the table printed at the
 # end has target / source accuracy (%) per learning rate and method.
-# Usage: bash sample_runs/lr_sweep.sh   (from the repository root; ~20 min on 2 cores)
+# Usage: bash sample_runs/lr_sweep.sh [METHOD ...]   (from the repository root; ~5 min per
+# method on 2 cores). With no METHOD it sweeps every method in SWEPT; naming some
+# (e.g. `pissa dora`) sweeps only those, and the table still shows every method swept so far.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/lr_sweep}
-for method in full lora lift magnitude random; do
+SWEPT="full lora lift magnitude random pissa dora"
+for method in ${*:-$SWEPT}; do
   for lr in 3e-4 1e-3 3e-3 1e-2 3e-2; do
     dir="$OUT/$method-lr$lr"
     [ -f "$dir/summary.json" ] && continue
@@ -21,9 +25,10 @@ for method in full lora lift magnitude random; do
 done
 python - "$OUT" <<'PY'
 import sys
+from lift_core.method_registry import method_names
 from lift_core.records import list_runs, runs_table
 t = runs_table(list_runs(sys.argv[1]))
-methods = [m for m in ["full", "lora", "lift", "magnitude", "random"] if m in set(t["method"])]
+methods = [m for m in method_names() if m in set(t["method"])]
 print("| lr | " + " | ".join(methods) + " |")
 print("|---|" + "---|" * len(methods))
 for lr in sorted(set(t["lr"])):

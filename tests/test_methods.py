@@ -43,8 +43,8 @@ def _changed(model, before) -> dict:
 
 
 def test_check_method_lists_the_allowed_methods():
-    with pytest.raises(LiftError, match="unknown method 'dora'.*lift, full, lora"):
-        check_method("dora")
+    with pytest.raises(LiftError, match="unknown method 'galore'.*lift, full, lora"):
+        check_method("galore")
 
 
 def test_default_lrs_follow_the_paper_sparse_and_lora_above_full():
@@ -167,3 +167,81 @@ def test_lora_rank_within_the_budget_is_not_clipped():
                          update_interval=10)
     assert not setup.clipped_layers
     assert all(row["lora_rank"] == 3 for row in setup.layers)
+
+
+def _adapter_changes(method: str, **kwargs):
+    """Train ``method`` 3 steps: (setup, weights before, weights as wrapped, names that moved)."""
+    torch.manual_seed(0)
+    original = _tiny_llama()
+    ids = torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits_before = original(input_ids=ids).logits
+    weights = {n: p.detach().clone() for n, p in original.named_parameters()}
+    setup = setup_method(original, method, lr=1e-2, lora_rank=2, filter_rank=2,
+                         update_interval=100, **kwargs)
+    with torch.no_grad():  # the wrapped model starts as the same function as the original
+        assert torch.allclose(setup.model(input_ids=ids).logits, logits_before, atol=1e-5)
+    wrapped = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
+    for _ in range(3):
+        setup.model(input_ids=ids, labels=ids).loss.backward()
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
+    moved = {n for n, p in setup.model.named_parameters() if not torch.equal(p.detach(), wrapped[n])}
+    return setup, weights, wrapped, moved
+
+
+@pytest.mark.parametrize("method", ["pissa", "dora"])
+def test_pissa_and_dora_train_only_their_adapters(method):
+    setup, _, wrapped, moved = _adapter_changes(method)
+    adapters = {n for n in wrapped if "lora_" in n}
+    assert moved and moved <= adapters  # base weights, embeddings, norms, lm_head stay put
+    assert {n for n, p in setup.model.named_parameters() if p.requires_grad} == adapters
+    assert not any("lm_head" in n or "embed" in n for n in adapters)  # only block linears
+    assert setup.trainable_params == sum(wrapped[n].numel() for n in adapters)
+    assert setup.optimizer.state_bytes() == 8 * setup.trainable_params  # two fp32 moments
+
+
+def test_dora_adds_a_trained_magnitude_per_output_row():
+    setup, _, wrapped, moved = _adapter_changes("dora")
+    magnitudes = {n: wrapped[n] for n in wrapped if "lora_magnitude_vector" in n}
+    assert len(magnitudes) == len(setup.layers) and moved & set(magnitudes)
+    for row, (name, vector) in zip(setup.layers, magnitudes.items()):
+        m, n = row["shape"]
+        assert vector.shape == (m,) and row["k"] == (m + n) * 2 + m
+
+
+@pytest.mark.parametrize("svd, init", [("exact", "pissa"), ("randomized", "pissa_niter_4")])
+def test_pissa_starts_from_the_principal_factors_and_keeps_the_residual_frozen(svd, init):
+    setup, original, wrapped, moved = _adapter_changes("pissa", svd=svd)
+    assert setup.model.peft_config["default"].init_lora_weights == init
+    for row in setup.layers:
+        prefix = f"base_model.model.{row['layer']}"
+        a, b = wrapped[f"{prefix}.lora_A.default.weight"], wrapped[f"{prefix}.lora_B.default.weight"]
+        base = wrapped[f"{prefix}.base_layer.weight"]
+        scaling = setup.model.get_submodule(prefix).scaling["default"]
+        # The frozen base holds W minus the adapter's start, and stays so while training.
+        assert torch.allclose(base + scaling * b @ a, original[f"{row['layer']}.weight"], atol=1e-5)
+        assert f"{prefix}.base_layer.weight" not in moved
+        if svd == "exact":  # B·A starts as W's best rank-2 approximation
+            u, s, vh = torch.linalg.svd(original[f"{row['layer']}.weight"], full_matrices=False)
+            assert torch.allclose(scaling * b @ a, u[:, :2] @ torch.diag(s[:2]) @ vh[:2], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["pissa", "dora"])
+def test_pissa_and_dora_on_gpt2_conv1d_start_as_the_same_function_and_train(method):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=4,
+                                       n_positions=32)).eval()  # eval: no dropout noise
+    ids = torch.randint(0, 40, (2, 8))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    setup = setup_method(model, method, lr=1e-2, lora_rank=2, filter_rank=2, update_interval=100)
+    assert setup.model.peft_config["default"].fan_in_fan_out  # Conv1D stores (in, out)
+    with torch.no_grad():
+        assert torch.allclose(setup.model(input_ids=ids).logits, before, atol=1e-5)
+    setup.model(input_ids=ids, labels=ids).loss.backward()
+    setup.optimizer.step()
+    with torch.no_grad():
+        assert not torch.allclose(setup.model(input_ids=ids).logits, before, atol=1e-5)

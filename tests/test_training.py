@@ -123,7 +123,7 @@ def test_a_bug_in_a_callback_is_recorded_and_raised(char_llama, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"method": "dora"}, "unknown method 'dora' \\(allowed: lift, full, lora"),
+    ({"method": "galore"}, "unknown method 'galore' \\(allowed: lift, full, lora"),
     ({"lr": 0}, "learning rate must be > 0"),
     ({"lr": -1e-3}, "learning rate must be > 0"),
     ({"steps": 0}, "steps must be a whole number >= 1"),
