@@ -1,9 +1,11 @@
 """Optimizer state, peak memory and step time of lift / full / lora / magnitude at matched budget.
 
 The model is a Llama built from a config (hidden 1024, MLP 2816, vocab 8192, 16 heads,
-random init: memory and time do not depend on the values) and every method is set up by
-``lift_core.methods.setup_method``, the trainer's own code path, then trained with the
-trainer's step: forward, backward, ``optimizer.clip_grad_norm_(1.0)``, step, zero_grad.
+random init: memory and time do not depend on the values) and every method is set up and
+trained by :class:`lift_core.trainer.Trainer`, the code path of every fine-tuning run:
+``Trainer.setup(model=...)``, then ``Trainer.step(batch)`` (forward, backward, clipping at
+norm 1.0, optimizer step, schedule step, zero_grad), its phases timed through the
+trainer's ``phase_runner``.
 Step times come from one process holding all four models, rounds interleaved, so ratios
 share one machine load. Peak memory comes from a fresh process per method: peak RSS
 (VmHWM, reset after set-up) minus RSS after the model was built, plus the bytes of
@@ -51,16 +53,17 @@ def build_model(hidden: int, layers: int, *, intermediate: int, vocab: int, head
 
 
 def set_up(model, method: str, device, lora_rank: int, filter_rank: int):
-    """The trainer's set-up: ``setup_method`` with the method's default learning rate.
+    """A :class:`~lift_core.trainer.Trainer` for ``model`` (the method's default LR).
 
     The mask is never refreshed during the benchmark (a refresh is an SVD per matrix every
     ``update_interval`` steps, measured by bench_masks, not part of a step).
     """
-    from lift_core.methods import default_lr, setup_method
+    from lift_core.trainer import Trainer
+    from lift_core.training import FinetuneConfig
 
-    model.to(device)
-    return setup_method(model, method, lr=default_lr(method), lora_rank=lora_rank,
-                        filter_rank=filter_rank, update_interval=10**9)
+    config = FinetuneConfig(method=method, lora_rank=lora_rank, filter_rank=filter_rank,
+                            update_interval=10**9, device=device.type)
+    return Trainer(config).setup(model=model)
 
 
 def make_batch(vocab: int, batch: int, seq: int, device) -> dict:
@@ -68,25 +71,17 @@ def make_batch(vocab: int, batch: int, seq: int, device) -> dict:
     return {"input_ids": ids.to(device), "labels": ids.to(device)}
 
 
-def train_step(setup, batch: dict, device, phases: dict | None = None, clock=None) -> None:
-    """One step as ``lift_core.training`` does it; ``phases`` collects per-phase times."""
-    state = {}
+def train_step(trainer, batch: dict, phases: dict | None = None, clock=None) -> None:
+    """One ``Trainer.step``; ``phases`` (with ``clock``) collects the time of each phase."""
+    from lift_core.trainer import run_phase
 
-    def forward():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            state["loss"] = setup.model(**batch).loss
+    def timed(name, fn):
+        result = []
+        phases.setdefault(name, []).append(clock(lambda: result.append(fn())))
+        return result[0]
 
-    def optimizer_step():
-        setup.optimizer.clip_grad_norm_(1.0)
-        setup.optimizer.step()
-        setup.optimizer.zero_grad(set_to_none=True)
-
-    for name, fn in (("forward", forward), ("backward", lambda: state["loss"].backward()),
-                     ("optimizer", optimizer_step)):
-        if phases is None:
-            fn()
-        else:
-            phases.setdefault(name, []).append(clock(fn))
+    trainer.phase_runner = run_phase if phases is None else timed
+    trainer.step(batch)
 
 
 # --- step time: one process, rounds interleaved --------------------------------------------
@@ -96,15 +91,15 @@ def time_methods(size: dict, device) -> dict:
     """Per method: median step seconds (CPU and wall, or CUDA events) and per-phase medians."""
     clock = Clock(device)
     batch = make_batch(MODEL["vocab"], size["batch"], size["seq"], device)
-    setups = {}
+    trainers = {}
     for method in METHODS:
         model = build_model(MODEL["hidden"], size["layers"], **_shape())
-        setups[method] = set_up(model, method, device, LORA_RANK, FILTER_RANK)
-        train_step(setups[method], batch, device)  # warm-up: allocations, lazy dense state
+        trainers[method] = set_up(model, method, device, LORA_RANK, FILTER_RANK)
+        train_step(trainers[method], batch)  # warm-up: allocations, lazy dense state
     samples = {m: {} for m in METHODS}
     for _ in range(size["rounds"]):
         for method in METHODS:
-            train_step(setups[method], batch, device, samples[method], clock)
+            train_step(trainers[method], batch, samples[method], clock)
     return {method: _summarise(phases) for method, phases in samples.items()}
 
 
@@ -134,7 +129,7 @@ class _Counter:
     """Peak bytes of parameters + gradients + gradient buffers + optimizer state alive at once."""
 
     def __init__(self):
-        self.setup, self.peak, self.at_peak, self.hooked = None, 0, {}, set()
+        self.trainer, self.peak, self.at_peak, self.hooked = None, 0, {}, set()
 
     def hook(self, params) -> None:
         """Sample at every gradient accumulation of ``params`` (each hooked once)."""
@@ -144,10 +139,10 @@ class _Counter:
                 p.register_post_accumulate_grad_hook(self.sample)
 
     def sample(self, _=None) -> None:
-        if self.setup is None:
+        if self.trainer is None:
             return
-        params = list(self.setup.model.parameters())
-        opt = self.setup.optimizer
+        params = list(self.trainer.model.parameters())
+        opt = self.trainer.optimizer
         parts = {
             "params": tensor_bytes(params),
             "grads": tensor_bytes(p.grad for p in params),
@@ -171,20 +166,20 @@ def memory_probe(method: str, device_name: str, size: dict) -> dict:
     # and see each fresh dense gradient; LoRA's adapters exist only after set-up.
     counter = _Counter()
     counter.hook(model.parameters())
-    setup = set_up(model, method, device, LORA_RANK, FILTER_RANK)
+    trainer = set_up(model, method, device, LORA_RANK, FILTER_RANK)
     setup_peak = _memory_peak(device)
-    counter.setup = setup
-    counter.hook(setup.model.parameters())
+    counter.trainer = trainer
+    counter.hook(trainer.model.parameters())
     batch = make_batch(MODEL["vocab"], size["batch"], size["seq"], device)
     reset = _reset_peak(device)
     for _ in range(size["memory_steps"]):
-        train_step(setup, batch, device)
+        train_step(trainer, batch)
         counter.sample()
-    state = setup.optimizer.state_bytes()
+    state = trainer.optimizer.state_bytes()
     return {
-        "method": method, "device": device_name, "trainable_params": setup.trainable_params,
+        "method": method, "device": device_name, "trainable_params": trainer.trainable_params,
         "optimizer_state_bytes": state,
-        "state_bytes_per_trained_entry": state / setup.trainable_params,
+        "state_bytes_per_trained_entry": state / trainer.trainable_params,
         "peak_minus_load_mb": (_memory_peak(device) - after_load) / MB,
         "setup_peak_minus_load_mb": (setup_peak - after_load) / MB,
         "counted_peak_mb": counter.peak / MB,

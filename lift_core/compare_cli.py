@@ -19,20 +19,18 @@ import time
 import warnings
 from pathlib import Path
 
+from lift_core.config_options import add_config_options, given_values
 from lift_core.errors import LiftError
-from lift_core.finetune_cli import (
-    FINETUNE_OPTIONS,
-    add_training_options,
-    evaluated_after_training,
-    stop_on_sigterm,
-)
-from lift_core.methods import METHODS
+from lift_core.finetune_cli import evaluated_after_training, stop_on_sigterm
+from lift_core.method_registry import compared_by_default, method_names
+from lift_core.training import FinetuneConfig
 
-DEFAULT_METHODS = ("lift", "full", "lora", "magnitude", "random")
+DEFAULT_METHODS = compared_by_default()
 COMPARE_FILE = "compare.json"
 COMPARE_FORMAT = "lift-compare/1"
-# Options of `finetune` that `compare` shares: all but --lr (each method keeps its default).
-_SHARED = [opt for opt in FINETUNE_OPTIONS if opt[0] != "--lr"]
+# FinetuneConfig fields that differ per method: every other one is an option of `compare`
+# (generated from the config, as for `finetune`), the same for every method.
+PER_METHOD_FIELDS = ("method", "lr", "out_dir")
 
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,12 +42,10 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
                     "record to DIR/<method>/, DIR/compare.json lists their status.")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, run in this order (default: {','.join(DEFAULT_METHODS)}; "
-                        f"allowed: {', '.join(METHODS)})")
-    add_training_options(p, _SHARED)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the runs (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier records in DIR")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow a hub model's own Python code (off by default)")
+                        f"allowed: {', '.join(method_names())})")
+    add_config_options(p, FinetuneConfig, skip=PER_METHOD_FIELDS)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the runs, one sub-folder per method (new or empty)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_compare)
     return p
@@ -59,10 +55,10 @@ def parse_methods(text: str) -> list[str]:
     """``"lift,full"`` -> ``["lift", "full"]``; raises LiftError on unknown or repeated names."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
-        raise LiftError("--methods is empty: give at least one of " + ", ".join(METHODS))
-    unknown = [m for m in methods if m not in METHODS]
+        raise LiftError("--methods is empty: give at least one of " + ", ".join(method_names()))
+    unknown = [m for m in methods if m not in method_names()]
     if unknown:
-        raise LiftError(f"unknown method(s) {', '.join(unknown)} (allowed: {', '.join(METHODS)})")
+        raise LiftError(f"unknown method(s) {', '.join(unknown)} (allowed: {', '.join(method_names())})")
     if len(set(methods)) != len(methods):
         raise LiftError(f"--methods names a method twice: {text}")
     return methods
@@ -82,7 +78,6 @@ def compare_configs(methods: list[str], out: str | os.PathLike, *, overwrite: bo
     """
     from lift_core.preflight import check_output_dir
     from lift_core.records import check_out_dir
-    from lift_core.training import FinetuneConfig
 
     check_output_dir(out)  # "" would otherwise mean the current folder
     out = Path(out).expanduser()
@@ -169,16 +164,11 @@ def run_compare(args: argparse.Namespace) -> int:
     Raises:
         LiftError: bad settings (before anything is trained).
     """
-    from dataclasses import fields
-
     from transformers.utils import logging as hf_logging
 
-    from lift_core.training import FinetuneConfig
-
-    names = {f.name for f in fields(FinetuneConfig)} - {"method", "lr", "out_dir", "overwrite"}
-    shared = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    shared["trust_remote_code"] = bool(args.trust_remote_code)
-    configs = compare_configs(parse_methods(args.methods), args.out, overwrite=args.overwrite, **shared)
+    shared = given_values(args, FinetuneConfig, skip=PER_METHOD_FIELDS + ("overwrite",))
+    configs = compare_configs(parse_methods(args.methods), args.out,
+                              overwrite=bool(args.overwrite), **shared)
     hf_logging.disable_progress_bar()
     # peft calls a transformers property that transformers 5 deprecates; not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

@@ -1,9 +1,11 @@
 """``python -m lift_core finetune``: one fine-tuning run from the command line.
 
-The parser only collects settings; every default and check lives in
-:class:`lift_core.training.FinetuneConfig`, so the CLI, the app and the tests cannot
-drift apart. Options left out keep the config's defaults (the built-in model and tasks,
-method lift). User errors are raised as LiftError, which lift_core.cli prints as one line.
+The options are generated from :class:`lift_core.training.FinetuneConfig`, one per field,
+with the field's docstring as help (:mod:`lift_core.config_options`): a new setting is one
+edit there. Every default and check lives in the config, so the CLI, the app and the
+tests cannot drift apart; options left out keep the config's defaults (the built-in model
+and tasks, method lift). User errors are raised as LiftError, which lift_core.cli prints
+as one line.
 """
 
 from __future__ import annotations
@@ -14,44 +16,14 @@ import sys
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import fields
 
-from lift_core.methods import METHODS
+from lift_core.config_options import add_config_options, config_argv, given_values
+from lift_core.method_registry import get_method, methods_help
+from lift_core.training import FinetuneConfig
 
-# CLI option -> FinetuneConfig field, for the options whose names differ only by dashes.
-FINETUNE_OPTIONS = [
-    ("--model", str, "embedded name (builtin), local model directory or hub id of a causal LM "
-                     "(default: builtin)"),
-    ("--steps", int, "optimizer steps"),
-    ("--lr", float, "peak learning rate (default: the method's, see docs/training.md)"),
-    ("--lora-rank", int, "LoRA rank, and the budget of the sparse methods: "
-                         "k = min((m+n)*R, m*n) per matrix (LoRA's rank is clipped to "
-                         "m*n/(m+n) where R is larger)"),
-    ("--filter-rank", int, "rank r of W_r that scores entries (lift, lift_smallest)"),
-    ("--update-interval", int, "steps between mask refreshes (sparse methods)"),
-    ("--seed", int, "seed of data order, LoRA init and the random mask"),
-    ("--batch-size", int, "training examples per step"),
-    ("--eval-every", int, "evaluate every N steps (and at the end)"),
-    ("--eval-limit", int, "evaluate on at most N examples of each eval set"),
-    ("--max-new-tokens", int, "generation length when evaluating (default: longest answer + 8)"),
-    ("--train-examples", int, "size of the built-in training set"),
-    ("--warmup-ratio", float, "fraction of steps of linear warmup (default 0.03)"),
-    ("--threads", int, "torch CPU threads"),
-    ("--train-data", str, "Alpaca JSON/JSONL training file (default: the built-in target task)"),
-    ("--target-eval", str, "Alpaca JSON/JSONL target eval file (default: built-in)"),
-    ("--source-eval", str, "Alpaca JSON/JSONL source eval file, to measure forgetting "
-                           "(default: built-in)"),
-]
-
-
-def add_training_options(parser: argparse.ArgumentParser, options) -> None:
-    """Add ``options`` (flag, type, help) plus --svd and --device, all defaulting to None."""
-    for flag, kind, text in options:
-        parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument("--svd", choices=["exact", "randomized"], default=None,
-                        help="SVD for the LIFT masks (default: exact)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                        help="auto (CUDA when present, bf16), cpu or cuda")
+# Fields whose option is not --field-name, and their metavars.
+OPTION_FLAGS = {"out_dir": "--out"}
+_METAVARS = {"out_dir": "DIR"}
 
 
 def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
@@ -60,30 +32,26 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
         "finetune", help="fine-tune with LIFT or a baseline and write a run record",
         description="Fine-tune a causal LM with LIFT or a baseline at a matched budget, "
                     "measuring target accuracy and forgetting; writes config.json, "
-                    "metrics.jsonl and summary.json to --out.")
-    p.add_argument("--method", choices=METHODS, default=None,
-                   help="what to train (default: lift)")
-    add_training_options(p, FINETUNE_OPTIONS)
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory (must be new or empty)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run record in a non-empty --out")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow a hub model's own Python code (off by default)")
+                    "metrics.jsonl and summary.json to --out.",
+        epilog=f"Methods: {methods_help()}.")
+    add_config_options(p, FinetuneConfig, flags=OPTION_FLAGS, required={"out_dir"},
+                       metavars=_METAVARS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_finetune)
     return p
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """A FinetuneConfig from parsed arguments; options not given keep the config defaults."""
-    from lift_core.training import FinetuneConfig
+    return FinetuneConfig(**given_values(args, FinetuneConfig))
 
-    names = {f.name for f in fields(FinetuneConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    given["out_dir"] = args.out
-    given["overwrite"] = bool(args.overwrite)
-    given["trust_remote_code"] = bool(getattr(args, "trust_remote_code", False))
-    return FinetuneConfig(**given)
+
+def finetune_options(config: FinetuneConfig, *, skip=()) -> list[str]:
+    """The options of ``finetune`` (or ``compare``) that rebuild ``config``'s settings.
+
+    The inverse of :func:`config_from_args`: settings left at their defaults are left out.
+    """
+    return config_argv(config, skip=skip, flags=OPTION_FLAGS)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -170,7 +138,7 @@ def summary_paragraph(summary: dict, out_dir: str | None = None) -> str:
         f"peak memory {(s.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB."
     )
     clipped = s.get("budget_clipped_layers")
-    if clipped and s["method"] == "lora":
+    if clipped and get_method(s["method"]).kind == "adapter":
         text += (f" Note: in {clipped} layer(s) the LoRA rank exceeded m*n/(m+n), so it was "
                  "clipped there (config.json, budget.layers).")
     elif clipped:

@@ -81,3 +81,13 @@ class TrainBatches:
         picked, self.order = self.order[: self.batch_size], self.order[self.batch_size:]
         batch = pad_for_training([self.encoded[i] for i in picked], self.pad_id)
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def state_dict(self) -> dict:
+        """The position in the data order: the shuffling generator's state and what is left
+        of the current epoch (a checkpoint saves it to resume the same batches)."""
+        return {"generator": self.generator.get_state(), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a :meth:`state_dict` of batches over the same examples."""
+        self.generator.set_state(state["generator"])
+        self.order = list(state["order"])

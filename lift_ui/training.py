@@ -9,25 +9,27 @@ functions (:mod:`lift_ui.run_data`), tested without Streamlit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from lift_core.compare_cli import PER_METHOD_FIELDS
+from lift_core.config_options import ConfigField, config_fields
 from lift_core.errors import LiftError
+from lift_core.finetune_cli import finetune_options
 from lift_core.jobs import Job, JobManager
-from lift_core.methods import METHODS, default_lr
+from lift_core.method_registry import default_lr, methods_help
 from lift_core.records import RunRecord
 from lift_core.training import FinetuneConfig
 from lift_ui.run_data import long_metrics, read_record  # noqa: F401  (long_metrics: for the pages)
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 1.5
-_DEFAULTS = FinetuneConfig()
 
 
 def runs_root() -> Path:
@@ -48,23 +50,25 @@ def manager() -> JobManager:
 # --- settings and commands -----------------------------------------------------------------
 
 
-@dataclass
-class TrainSettings:
-    """What the launch form picked (FinetuneConfig field names; eval_limit None = all)."""
+# The form offers every FinetuneConfig field but these: the job's folder is planned here
+# (a fresh one per launch), and running a hub model's own code on this server is not a
+# choice to offer whoever can reach the page.
+APP_SKIPPED_FIELDS = ("out_dir", "overwrite", "trust_remote_code")
+# Fields with a widget of their own (model kind + path, method + the LR that follows it).
+_CUSTOM_FIELDS = ("model", "method", "lr")
+# Fields above the "More settings" expander, in this order; any other field (a new one
+# included) lands in the expander with a widget for its type.
+_MAIN_FIELDS = ("device", "lora_rank", "filter_rank", "update_interval", "steps", "seed")
+_LABELS = {"lora_rank": "Budget rank (LoRA-equivalent)", "filter_rank": "Filter rank r",
+           "update_interval": "Mask update interval (steps)", "svd": "SVD for the masks",
+           "eval_every": "Evaluate every (steps)", "eval_limit": "Eval examples per set",
+           "threads": "CPU threads", "train_data": "Training data file",
+           "max_length": "Max length (tokens)"}
 
-    model: str = _DEFAULTS.model
-    method: str = _DEFAULTS.method
-    lora_rank: int = _DEFAULTS.lora_rank
-    filter_rank: int = _DEFAULTS.filter_rank
-    update_interval: int = _DEFAULTS.update_interval
-    lr: float | None = None
-    steps: int = _DEFAULTS.steps
-    seed: int = _DEFAULTS.seed
-    device: str = _DEFAULTS.device
-    batch_size: int = _DEFAULTS.batch_size
-    eval_every: int = _DEFAULTS.eval_every
-    eval_limit: int | None = _DEFAULTS.eval_limit
-    threads: int | None = None
+
+def form_fields() -> list[ConfigField]:
+    """The FinetuneConfig fields the launch form sets, in the config's order."""
+    return [f for f in config_fields(FinetuneConfig) if f.name not in APP_SKIPPED_FIELDS]
 
 
 def default_threads() -> int:
@@ -80,29 +84,21 @@ def default_threads() -> int:
         return 1
 
 
-_FLAGS = ["model", "lora_rank", "filter_rank", "update_interval", "steps", "seed", "device",
-          "batch_size", "eval_every", "eval_limit", "threads"]
+def finetune_argv(config: FinetuneConfig, out: Path) -> list[str]:
+    """Arguments after ``python -m lift_core`` for one run (the job runs exactly these).
 
-
-def _shared_args(s: TrainSettings) -> list[str]:
-    args = []
-    for name in _FLAGS:
-        value = getattr(s, name)
-        if value is not None:
-            args += [f"--{name.replace('_', '-')}", str(value)]
-    return args
-
-
-def finetune_argv(s: TrainSettings, out: Path) -> list[str]:
-    """Arguments after ``python -m lift_core`` for one run (the job runs exactly these)."""
-    lr = s.lr if s.lr is not None else default_lr(s.method)
-    return ["finetune", "--method", s.method, "--lr", f"{lr:g}", *_shared_args(s),
+    The method and its learning rate are always written; other settings when they differ
+    from the config's defaults.
+    """
+    options = finetune_options(config, skip=("method", "lr") + APP_SKIPPED_FIELDS)
+    return ["finetune", "--method", config.method, "--lr", str(config.lr_used), *options,
             "--no-progress", "--out", str(out)]
 
 
-def compare_argv(s: TrainSettings, methods: list[str], out: Path) -> list[str]:
+def compare_argv(config: FinetuneConfig, methods: list[str], out: Path) -> list[str]:
     """Arguments after ``python -m lift_core`` for a comparison (per-method default LRs)."""
-    return ["compare", "--methods", ",".join(methods), *_shared_args(s), "--no-progress", "--out", str(out)]
+    options = finetune_options(config, skip=PER_METHOD_FIELDS + APP_SKIPPED_FIELDS)
+    return ["compare", "--methods", ",".join(methods), *options, "--no-progress", "--out", str(out)]
 
 
 def command_text(argv: list[str]) -> str:
@@ -138,14 +134,13 @@ def check_model(name: str) -> None:
 
 
 def launch(argv: list[str], run_dirs: list[Path], *, label: str, kind: str, slot: str,
-           settings: TrainSettings, steps: int) -> Job:
-    """Validate, then start the job in the background.
+           settings: FinetuneConfig, steps: int) -> Job:
+    """Check the model (its settings were checked when the config was made), then start
+    the job in the background.
 
     Raises:
-        LiftError: bad settings or model, or another job already running (JobManager).
+        LiftError: a bad model, or another job already running (JobManager).
     """
-    config = {k: v for k, v in asdict(settings).items() if k != "method"}
-    FinetuneConfig(method=settings.method, **config)  # the core's checks, before any process starts
     check_model(settings.model)
     job = manager().start(argv, run_dirs=run_dirs, label=label,
                           extra={"kind": kind, "steps": steps})
@@ -184,38 +179,71 @@ def _lr_typed() -> None:
     st.session_state["ft_lr"] = text or f"{default_lr(st.session_state.get('ft_method', 'lift')):g}"
 
 
-def settings_form() -> TrainSettings | None:
-    """Draw the launch form; return its settings, or None (with an error shown) if invalid."""
-    d = _DEFAULTS
-    left, mid, right = st.columns(3)
+def _form_default(f: ConfigField):
+    # The job's threads default to what the app itself uses, not torch's one per core.
+    return default_threads() if f.name == "threads" else f.default
+
+
+def _help(f: ConfigField) -> str:
+    if f.name == "device":
+        return f.doc + " This machine: " + ("a CUDA GPU is available." if _cuda()
+                                            else "no CUDA GPU, so auto means CPU.")
+    return f.doc + (" Leave it empty for that." if f.optional else "")
+
+
+def field_widget(container, f: ConfigField):
+    """A widget for one config field, by its type; returns the field's value."""
+    label = _LABELS.get(f.name) or f.name.replace("_", " ").capitalize()
+    default = _form_default(f)
+    if f.kind is str and default is None:
+        default = ""  # a text box holds text; empty means unset
+    kwargs = {"help": _help(f), **_kept(f.name, default)}
+    if f.choices is not None:
+        return container.selectbox(label, f.choices, **kwargs)
+    if f.kind is bool:
+        return container.checkbox(label, **kwargs)
+    if f.kind in (int, float):
+        # value=None lets an optional number be cleared ("unset"); step sets int vs float.
+        optional = {"value": None, "placeholder": "unset"} if f.optional else {}
+        step = 1 if f.kind is int else 0.01
+        return container.number_input(label, step=step, format=None if f.kind is int else "%g",
+                                      **optional, **kwargs)
+    text = (container.text_input(label, placeholder="unset" if f.optional else "", **kwargs)
+            or "").strip()
+    return None if f.optional and not text else text
+
+
+def _model_and_method(left, mid) -> tuple[str, str]:
+    """The custom widgets: model kind and path, method, and the LR that follows the method."""
     choice = left.radio("Model", ["builtin", "other"], horizontal=True, **_kept("model_kind", "builtin"),
                         format_func=lambda o: "built-in tiny Llama" if o == "builtin" else "other")
     model = "builtin"
     if choice == "other":
         model = left.text_input("Local causal-LM directory or hub id", placeholder="./my-llama or gpt2",
                                 **_kept("model_text", "")).strip()
-    method = st.session_state["_w_ft_method"] = st.session_state.setdefault("ft_method", d.method)
-    mid.selectbox("Method", METHODS, key="_w_ft_method", on_change=_method_changed,
-                  format_func=lambda m: f"{m} (default lr {default_lr(m):g})")
+    methods = next(f.choices for f in form_fields() if f.name == "method")
+    method = st.session_state["_w_ft_method"] = st.session_state.setdefault(
+        "ft_method", FinetuneConfig.method)
+    mid.selectbox("Method", methods, key="_w_ft_method", on_change=_method_changed,
+                  format_func=lambda m: f"{m} (default lr {default_lr(m):g})",
+                  help=methods_help(separator="  \n"))  # a Markdown line break
     st.session_state["_w_ft_lr"] = st.session_state.setdefault("ft_lr", f"{default_lr(method):g}")
     mid.text_input("Learning rate", key="_w_ft_lr", on_change=_lr_typed,
                    help="Follows the method's default until you type one; clear it to go back.")
-    device = right.selectbox("Device", ["auto", "cpu", "cuda"], **_kept("device", d.device),
-                             help="auto: CUDA with bf16 when a GPU is present, else CPU. This machine: "
-                             + ("a CUDA GPU is available." if _cuda() else "no CUDA GPU, so auto means CPU."))
-    lora_rank = left.number_input("Budget rank (LoRA-equivalent)", 1, 4096, **_kept("lora_rank", d.lora_rank),
-                                  help="k = min((m+n)·rank, m·n) trained numbers per matrix")
-    filter_rank = mid.number_input("Filter rank r", 1, 4096, **_kept("filter_rank", d.filter_rank),
-                                   help="rank of W_r that scores entries (lift)")
-    interval = right.number_input("Mask update interval (steps)", 1, 100_000, **_kept("update_interval", d.update_interval))
-    steps = left.number_input("Steps", 1, 1_000_000, **_kept("steps", d.steps))
-    seed = mid.number_input("Seed", 0, 2**31 - 1, **_kept("seed", d.seed))
-    with right.expander("More"):
-        batch = st.number_input("Batch size", 1, 4096, **_kept("batch_size", d.batch_size))
-        every = st.number_input("Evaluate every (steps)", 1, 1_000_000, **_kept("eval_every", d.eval_every))
-        limit = st.number_input("Eval examples per set (0 = all)", 0, 100_000, **_kept("eval_limit", 0))
-        threads = st.number_input("CPU threads", 1, os.cpu_count() or 1, **_kept("threads", default_threads()),
-                                  help="torch threads of the job; more than the free cores slows it down")
+    return model, method
+
+
+def settings_form() -> FinetuneConfig | None:
+    """Draw the launch form (a widget per FinetuneConfig field); return its config, or None
+    (with the reason shown) when the settings are incomplete or invalid."""
+    columns = st.columns(3)
+    model, method = _model_and_method(columns[0], columns[1])
+    fields = {f.name: f for f in form_fields() if f.name not in _CUSTOM_FIELDS}
+    main = [fields.pop(name) for name in _MAIN_FIELDS]
+    values = {f.name: field_widget(columns[(i + 2) % 3], f) for i, f in enumerate(main)}
+    with st.expander("More settings"):
+        more = st.columns(3)
+        values.update({f.name: field_widget(more[i % 3], f) for i, f in enumerate(fields.values())})
     try:
         lr = float(st.session_state["ft_lr"])
     except ValueError:
@@ -226,12 +254,15 @@ def settings_form() -> TrainSettings | None:
     if not model:
         st.info("Type a model directory or hub id.")
         return None
-    return TrainSettings(model, method, int(lora_rank), int(filter_rank), int(interval), lr, int(steps),
-                         int(seed), device, int(batch), int(every), int(limit) or None, int(threads))
+    try:  # the core's checks, before any process starts
+        return FinetuneConfig(model=model, method=method, lr=lr, **values)
+    except LiftError as exc:
+        st.error(str(exc))
+        return None
 
 
 def launch_button(label: str, argv: list[str], run_dirs: list[Path], *, kind: str, slot: str,
-                  settings: TrainSettings, steps: int, job_label: str, key: str) -> None:
+                  settings: FinetuneConfig, steps: int, job_label: str, key: str) -> None:
     """A button that launches ``argv``; errors (one job at a time, bad input) show in place."""
     if st.button(label, key=key, type="primary"):
         try:
@@ -303,12 +334,12 @@ def records_for(table: pd.DataFrame) -> dict[str, RunRecord]:
 
 # The live demo: LIFT on the built-in model, short enough to finish in about a minute on a
 # CPU laptop (measured: docs/studio.md), with enough evaluations to draw the curves.
-DEMO = TrainSettings(method="lift", steps=300, eval_every=50, eval_limit=60)
+DEMO = FinetuneConfig(method="lift", steps=300, eval_every=50, eval_limit=60)
 
 
-def demo_settings() -> TrainSettings:
+def demo_settings() -> FinetuneConfig:
     """The demo's settings with this machine's thread count."""
-    return TrainSettings(**{**asdict(DEMO), "threads": default_threads()})
+    return dataclasses.replace(DEMO, threads=default_threads())
 
 
 def sample_records() -> dict[str, RunRecord]:
