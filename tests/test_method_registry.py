@@ -135,9 +135,7 @@ def test_a_method_added_to_the_registry_reaches_the_cli_config_and_trainer(toy_r
 
 
 def _finetune_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/finetune.py").run()
+    at = AppTest.from_file(APP, default_timeout=60).run().switch_page("pages/finetune.py").run()
     assert not at.exception, at.exception
     return at
 

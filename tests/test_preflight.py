@@ -102,6 +102,19 @@ def test_full_fine_tuning_is_estimated_above_the_sparse_methods():
     assert full.optimizer_bytes > lift.optimizer_bytes
 
 
+@pytest.mark.parametrize("method, copies", [("lora", 0), ("pissa", 3), ("dora", 2)])
+def test_every_lora_family_method_counts_its_adapter_weights(method, copies):
+    assert method in METHODS  # so the exact-match test above covers it too
+    estimate = estimate_training_memory(meta_model(_CONFIG), method, 2)
+    setup = setup_method(LlamaForCausalLM(_CONFIG), method, lr=1e-3, lora_rank=2,
+                         filter_rank=2, update_interval=10)
+    adapters = [p for p in setup.model.parameters() if p.requires_grad]  # A, B (DoRA: magnitude)
+    assert estimate.trainable_bytes == sum(p.numel() * p.element_size() for p in adapters)
+    assert estimate.gradient_bytes == estimate.trainable_bytes
+    largest = max(row["shape"][0] * row["shape"][1] for row in setup.layers)
+    assert estimate.transient_bytes == copies * 4 * largest  # PiSSA's SVD, DoRA's W + BA
+
+
 def test_a_run_that_cannot_fit_is_refused_in_one_line(tiny_llama_dir, monkeypatch):
     config = FinetuneConfig(model=str(tiny_llama_dir), method="full")
     cpu = torch.device("cpu")
