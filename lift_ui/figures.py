@@ -95,7 +95,7 @@ def spectrum_figure(
                              line=dict(color=COLORS["marker"], width=1)))
     fig.update_xaxes(type="log", title="index i (log)", **log_ticks(1, len(s)))
     bottom, top = low / 1.3, high * 1.3
-    fig.update_yaxes(type="log", title="singular value σ_i (log; lowest 10% not drawn)",
+    fig.update_yaxes(type="log", title="singular value σ<sub>i</sub> (log; lowest 10% not drawn)",
                      range=[np.log10(bottom), np.log10(top)], **log_ticks(bottom, top))
     return _layout(fig, "Singular values")
 
