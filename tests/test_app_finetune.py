@@ -186,3 +186,35 @@ def test_compare_all_runs_as_one_job_and_stops_cleanly(runs):
     state = json.loads((out / "compare.json").read_text())
     assert [r["status"] for r in state["runs"]] == ["stopped", "not started"]
     assert any("lora: stopped" in p.proto.text for p in at.get("progress"))
+
+
+def test_the_form_sets_the_config_fields_and_previews_them(runs):
+    from dataclasses import fields
+
+    from lift_core.cli import build_parser
+    from lift_core.finetune_cli import config_from_args
+    from lift_core.training import FinetuneConfig
+    from lift_ui.training import APP_SKIPPED_FIELDS, default_threads, form_fields
+
+    names = [f.name for f in fields(FinetuneConfig)]
+    assert [f.name for f in form_fields()] == [n for n in names if n not in APP_SKIPPED_FIELDS]
+    at = _page(runs)
+    widgets = {w.key: w for kind in ("number_input", "text_input", "selectbox", "checkbox")
+               for w in at.get(kind)}
+    for f in form_fields():
+        if f.name in ("model", "lr"):  # a model kind + path, and an LR that follows the method
+            continue
+        default = default_threads() if f.name == "threads" else f.default
+        shown = widgets[f"_w_ft_{f.name}"].value
+        assert shown == ("" if default is None and f.kind is str else default), f.name
+    at.number_input(key="_w_ft_max_length").set_value(64).run()
+    at.selectbox(key="_w_ft_svd").set_value("randomized").run()
+    at.number_input(key="_w_ft_eval_limit").set_value(5).run()
+    argv = at.code[0].value.split()[3:]  # after "python -m lift_core"
+    config = config_from_args(build_parser().parse_args(argv))
+    assert config == FinetuneConfig(max_length=64, svd="randomized", eval_limit=5,
+                                    lr=default_lr("lift"), threads=default_threads(),
+                                    out_dir=config.out_dir)
+    at.text_input(key="_w_ft_train_data").set_value("/no/such.jsonl").run()
+    assert any("train-data file /no/such.jsonl does not exist" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key == "ft_run"]  # the core's check, before a launch

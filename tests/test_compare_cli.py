@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lift_core.cli import main
+from lift_core.cli import build_parser, main
 from lift_core.compare_cli import compare_configs, method_table, parse_methods, read_compare
 from lift_core.errors import LiftError
 from lift_core.methods import default_lr
@@ -106,3 +106,23 @@ def test_summary_table_shows_no_after_numbers_for_a_run_stopped_before_evaluatin
     row = summary_text(state).splitlines()[1]
     assert row.split()[:3] == ["lift", "stopped", "7/60"]
     assert row.count("n/a") == 3  # target after, source after, forgetting
+
+
+def test_every_shared_config_field_is_an_option_with_its_docstring_as_help():
+    from dataclasses import fields
+
+    from lift_core.compare_cli import PER_METHOD_FIELDS, add_compare_parser
+    from lift_core.config_options import field_docs
+    from lift_core.training import FinetuneConfig
+    from tests.test_finetune_cli import _options
+
+    options = _options(add_compare_parser, "compare")
+    docs = field_docs(FinetuneConfig)
+    assert set(PER_METHOD_FIELDS) == {"method", "lr", "out_dir"}
+    for f in fields(FinetuneConfig):
+        if f.name in PER_METHOD_FIELDS:
+            assert f.name not in options, f"{f.name} differs per method"
+        else:
+            assert options[f.name].help.replace("%%", "%").startswith(docs[f.name]), f.name
+    args = build_parser().parse_args(["compare", "--out", "x", "--max-length", "64", "--overwrite"])
+    assert (args.max_length, args.overwrite, args.out) == (64, True, "x")

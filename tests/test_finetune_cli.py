@@ -160,3 +160,66 @@ def test_a_completed_run_reads_as_before():
     text = summary_paragraph(_summary())
     assert "completed after 20/20 steps" in text and "last evaluation" not in text
     assert "target accuracy 4.0% -> 50.0%, source accuracy 96.0% -> 90.0% (forgetting +6.0 points)" in text
+
+
+# --- options generated from FinetuneConfig ------------------------------------------------
+
+
+def _options(parser_builder, command):
+    parser = argparse.ArgumentParser(prog="lift")
+    parser_builder(parser.add_subparsers(dest="command"))
+    sub = parser._subparsers._group_actions[0].choices[command]
+    return {action.dest: action for action in sub._actions}
+
+
+def test_every_config_field_is_an_option_with_its_docstring_as_help():
+    from dataclasses import fields
+
+    from lift_core.config_options import field_docs
+
+    options = _options(add_finetune_parser, "finetune")
+    docs = field_docs(FinetuneConfig)
+    for f in fields(FinetuneConfig):
+        assert f.name in options, f"FinetuneConfig.{f.name} has no finetune option"
+        assert docs[f.name] and options[f.name].help.replace("%%", "%").startswith(docs[f.name])
+    assert options["max_length"].option_strings == ["--max-length"]
+    assert options["out_dir"].option_strings == ["--out"] and options["out_dir"].required
+    assert options["method"].choices == FinetuneConfig.choices()["method"]
+
+
+def test_field_docstrings_are_read_from_the_class_source():
+    from dataclasses import dataclass
+
+    from lift_core.config_options import config_fields, field_docs
+
+    assert field_docs(FinetuneConfig)["steps"] == "Optimizer steps."
+    assert field_docs(FinetuneConfig)["lora_rank"].startswith("LoRA rank, and the budget")
+
+    @dataclass
+    class Undocumented:
+        size: int = 1
+
+    with pytest.raises(TypeError, match="Undocumented.size has no docstring"):
+        config_fields(Undocumented)
+
+
+def test_new_settings_reach_the_config():
+    config = config_from_args(_parse("--max-length", "64", "--warmup-ratio", "0.1",
+                                      "--eval-batch-size", "8", "--max-grad-norm", "0",
+                                      "--trust-remote-code", "--out", "x"))
+    assert (config.max_length, config.warmup_ratio, config.eval_batch_size) == (64, 0.1, 8)
+    assert config.max_grad_norm == 0.0 and config.trust_remote_code is True
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"method": "lora", "lr": 1.2345678e-4, "max_length": 64, "eval_limit": 3, "svd": "randomized",
+     "warmup_ratio": 0.1, "overwrite": True, "trust_remote_code": True, "threads": 2},
+])
+def test_options_written_from_a_config_parse_back_to_it(settings):
+    from lift_core.finetune_cli import finetune_options
+
+    config = FinetuneConfig(out_dir="x", **settings)
+    argv = finetune_options(config)
+    assert config_from_args(_parse(*argv)) == config
+    assert len(argv) == sum(2 - isinstance(v, bool) for v in settings.values()) + 2  # + --out
