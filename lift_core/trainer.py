@@ -9,6 +9,10 @@ iterator, whose position :meth:`~lift_core.training_data.TrainBatches.state_dict
 and ``accelerator``. :meth:`Trainer.step` is one optimizer step and :meth:`Trainer.evaluate`
 measures target and source accuracy. :func:`lift_core.training.finetune` is a loop over
 them that records and stops; the benchmarks time the same step.
+
+What a checkpoint needs is reachable here: ``optimizer.state_dict()`` (masks, moments),
+``scheduler.state_dict()``, ``batches.state_dict()`` and ``steps_done``. Evaluation
+generates with ``unwrapped_model``, never a process wrapper (DDP cannot ``generate``).
 """
 
 from __future__ import annotations
