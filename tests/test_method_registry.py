@@ -150,6 +150,9 @@ def test_the_app_lists_are_the_registry_and_grow_with_it(tmp_path, monkeypatch):
     queue = at.multiselect(key="ft_compare_methods")
     assert tuple(queue.options) == method_names()
     assert tuple(queue.value) == compared_by_default()
+    for name in ("pissa", "dora"):  # the new baselines launch from the form like the others
+        at.selectbox(key="_w_ft_method").set_value(name).run()
+        assert f"--method {name} --lr {default_lr(name):g}" in at.code[0].value
     monkeypatch.setitem(METHOD_REGISTRY, TOY.name, TOY)
     at = _finetune_page()
     assert TOY.name in at.multiselect(key="ft_compare_methods").options
