@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from lift_ui.state import configure_torch
+from lift_ui.sidebar import configure_torch
 
 st.set_page_config(page_title="LIFT Studio", page_icon=":material/filter_alt:", layout="wide")
 configure_torch()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from lift_core.masks import lift_mask, lora_budget
-from lift_core.spectra import power_law_matrix
+from bench.common import power_law_matrix
+from lift_core.lowrank.masks import lift_mask, lora_budget
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "lift_core" / "builtin"
@@ -79,7 +79,7 @@ def bench_power_law(sizes, repeats) -> list[dict]:
 
 
 def _minilm_weights():
-    from lift_core.models import layer_weight, list_linear_layers, load_model
+    from lift_core.models.loading import layer_weight, list_linear_layers, load_model
 
     model = load_model("minilm")
     return {l.name: layer_weight(model, l).detach().clone() for l in list_linear_layers(model)}
@@ -87,7 +87,7 @@ def _minilm_weights():
 
 def bench_minilm_layers(weights: dict, forced: bool) -> dict:
     """Jaccard and time ratio over every layer x rank; forced=True runs Krylov on small layers."""
-    import lift_core.svd as svd_module
+    import lift_core.lowrank.svd as svd_module
 
     saved = svd_module.RANDOMIZED_MIN_DIM
     if forced:
@@ -127,7 +127,7 @@ def whole_model(weights: dict, rank: int, repeats: int) -> dict:
 def _builtin_weights():
     if not BUILTIN_DIR.exists():
         return None
-    from lift_core.models import layer_weight, list_linear_layers, load_model
+    from lift_core.models.loading import layer_weight, list_linear_layers, load_model
 
     model = load_model("builtin")
     return {l.name: layer_weight(model, l).detach().clone() for l in list_linear_layers(model)}

@@ -2,7 +2,7 @@
 
 The model is a Llama built from a config (hidden 1024, MLP 2816, vocab 8192, 16 heads,
 random init: memory and time do not depend on the values) and every method is set up and
-trained by :class:`lift_core.trainer.Trainer`, the code path of every fine-tuning run:
+trained by :class:`lift_core.train.trainer.Trainer`, the code path of every fine-tuning run:
 ``Trainer.setup(model=...)``, then ``Trainer.step(batch)`` (forward, backward, clipping at
 norm 1.0, optimizer step, schedule step, zero_grad), its phases timed through the
 trainer's ``phase_runner``.
@@ -53,13 +53,13 @@ def build_model(hidden: int, layers: int, *, intermediate: int, vocab: int, head
 
 
 def set_up(model, method: str, device, lora_rank: int, filter_rank: int):
-    """A :class:`~lift_core.trainer.Trainer` for ``model`` (the method's default LR).
+    """A :class:`~lift_core.train.trainer.Trainer` for ``model`` (the method's default LR).
 
     The mask is never refreshed during the benchmark (a refresh is an SVD per matrix every
     ``update_interval`` steps, measured by bench_masks, not part of a step).
     """
-    from lift_core.trainer import Trainer
-    from lift_core.training import FinetuneConfig
+    from lift_core.train.trainer import Trainer
+    from lift_core.train.config import FinetuneConfig
 
     config = FinetuneConfig(method=method, lora_rank=lora_rank, filter_rank=filter_rank,
                             update_interval=10**9, device=device.type)
@@ -73,7 +73,7 @@ def make_batch(vocab: int, batch: int, seq: int, device) -> dict:
 
 def train_step(trainer, batch: dict, phases: dict | None = None, clock=None) -> None:
     """One ``Trainer.step``; ``phases`` (with ``clock``) collects the time of each phase."""
-    from lift_core.trainer import run_phase
+    from lift_core.train.trainer import run_phase
 
     def timed(name, fn):
         result = []

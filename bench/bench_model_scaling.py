@@ -3,7 +3,7 @@
 Llamas built from configs at hidden 256, 512 and 1024 (MLP 2.75x hidden, 64-wide heads,
 vocab 8192, the same depth), random init. The budget keeps the paper's density: LoRA rank
 = hidden / 32 (6.25% of each attention matrix, 4.3% of each MLP matrix), filter rank equal.
-At each size the three methods are set up by ``lift_core.methods.setup_method`` and step
+At each size the three methods are set up by ``lift_core.train.methods.setup_method`` and step
 in interleaved rounds (the trainer's step, as in bench_memory). The exponent a of
 time ~ hidden^a is a least-squares fit on log-log axes.
 
@@ -21,7 +21,7 @@ import torch
 from bench.bench_memory import build_model, make_batch, set_up, train_step
 from bench.common import (REPO, RESULTS_DIR, Clock, fit_power_law, loglog_svg, machine,
                           markdown_table, median, use_one_thread, write_json)
-from lift_core.method_registry import method_color
+from lift_core.train.registry import method_color
 
 RESULTS = RESULTS_DIR / "model_scaling.json"
 IMAGE = REPO / "docs" / "img" / "step_scaling"

@@ -29,7 +29,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lift_core.masks import lora_budget  # noqa: E402
+from lift_core.lowrank.masks import lora_budget  # noqa: E402
 from lift_core.optim import SparseAdamW  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "optim.json"

@@ -3,7 +3,7 @@
 Square power-law matrices (s_i = i^-0.5) from 256^2 to 4096^2 at filter rank = budget rank
 64. The fitted exponent is the slope of a least-squares line through log(time) vs log(n):
 an exact SVD is O(n^3), the block Krylov mask O(n^2 * r * depth). Where
-lift_core.svd.max_krylov_depth says Krylov does not pay off, the randomized mode uses exact
+lift_core.lowrank.svd.max_krylov_depth says Krylov does not pay off, the randomized mode uses exact
 SVD, so its exponent is fitted on the sizes where Krylov actually runs. Results go to bench/results/scaling.json;
 docs/img/mask_scaling.png is drawn when matplotlib is installed, else a plain SVG (matplotlib is not a requirement).
 
@@ -22,9 +22,9 @@ import torch
 
 from bench.bench_masks import RANK, RESULTS, compare, machine
 from bench.common import loglog_svg
-from lift_core.masks import lora_budget
-from lift_core.spectra import power_law_matrix
-from lift_core.svd import max_krylov_depth
+from bench.common import power_law_matrix
+from lift_core.lowrank.masks import lora_budget
+from lift_core.lowrank.svd import max_krylov_depth
 
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "mask_scaling.png"
 

@@ -18,6 +18,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lift_core import jsonio
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -170,11 +172,9 @@ def tensor_bytes(tensors) -> int:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON, atomically (temporary file + rename)."""
+    """Write ``data`` as indented JSON, atomically (lift_core.jsonio), making its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
+    jsonio.write_json(path, data)
 
 
 def read_json(path: Path) -> dict | None:
@@ -183,14 +183,6 @@ def read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _json_default(value):
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def run_child(module: str, *args: str, timeout: float = 1800) -> dict:
@@ -269,3 +261,22 @@ def _log_ticks(low: float, high: float) -> list[float]:
         ticks += [m * decade for m in (1, 2, 5) if low <= m * decade <= high]
         decade *= 10
     return ticks
+
+
+# --- test matrices -------------------------------------------------------------------------
+
+
+def power_law_matrix(m: int, n: int, *, exponent: float = 0.5, seed: int = 0):
+    """An (m, n) fp32 matrix with singular values i^-exponent and random orthogonal vectors.
+
+    A smooth power-law spectrum is the shape trained LLM layers have; tests and benchmarks
+    use it as a stand-in for a large trained matrix.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    r = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, r, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, r, generator=g))
+    s = torch.arange(1, r + 1, dtype=torch.float32) ** -exponent
+    return (u * s) @ v.T

@@ -1,7 +1,7 @@
-"""``python -m lift_core``: the command-line interface (see lift_core.cli)."""
+"""``python -m lift_core``: the command-line interface (see lift_core.cli.main)."""
 
 import sys
 
-from lift_core.cli import main
+from lift_core.cli.main import main
 
 sys.exit(main())

@@ -9,3 +9,10 @@ traceback.
 
 class LiftError(ValueError):
     """A problem with the user's input, described in one line."""
+
+
+class RecordWriteError(LiftError):
+    """A file could not be written (disk full, permissions, the folder vanished).
+
+    Raised by :func:`lift_core.jsonio.atomic_write`; a run that meets it ends "failed".
+    """

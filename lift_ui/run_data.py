@@ -1,8 +1,8 @@
 """Run records reshaped for the training charts: plain pandas, no Streamlit.
 
-Reads records through :mod:`lift_core.records`, tolerating runs that are still being written
+Reads records through :mod:`lift_core.runs.records`, tolerating runs that are still being written
 (or not started yet), and turns them into the long frames the builders in
-:mod:`lift_ui.figures_training` take; also the per-method trade-off points and the
+:mod:`lift_ui.figures.training` take; also the per-method trade-off points and the
 workshop's sentences about what a set of runs shows.
 """
 
@@ -11,13 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from lift_core.errors import LiftError
-from lift_core.method_registry import (
-    METHOD_REGISTRY,
-    PRINCIPAL_METHOD,
-    method_label,
-    method_names,
-)
-from lift_core.records import RunRecord, is_run_dir, read_run
+from lift_core.runs.records import RunRecord, is_run_dir, read_run
+from lift_core.train.registry import METHOD_REGISTRY, PRINCIPAL_METHOD, method_label, method_names
 
 
 def read_record(path) -> RunRecord | None:
@@ -110,7 +105,7 @@ def completed_runs(table: pd.DataFrame) -> pd.DataFrame:
 
 def method_points(table: pd.DataFrame) -> pd.DataFrame:
     """Trade-off points, one per method: mean ± std over the completed runs (completed_runs)."""
-    from lift_core.compare_cli import method_table
+    from lift_core.runs.compare import method_table
 
     done = completed_runs(table)
     if done.empty:
@@ -151,7 +146,7 @@ def workshop_findings(points: pd.DataFrame) -> dict[str, str]:
     and for memory with full fine-tuning (the dense method).
 
     Args:
-        points: :func:`lift_core.compare_cli.method_table` of completed runs.
+        points: :func:`lift_core.runs.compare.method_table` of completed runs.
 
     Returns:
         dict with any of "accuracy", "forgetting", "selection", "memory" (missing when the

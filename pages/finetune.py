@@ -2,24 +2,24 @@
 
 import streamlit as st
 
-from lift_core.compare_cli import DEFAULT_METHODS
-from lift_core.method_registry import method_names
-from lift_ui import job_view, training
-from lift_ui.state import require_app_navigation
+from lift_core.runs.compare import DEFAULT_METHODS
+from lift_core.train.registry import method_names
+from lift_ui import live_panel, train_form
+from lift_ui.sidebar import require_app_navigation
 
 require_app_navigation()
 st.title("Fine-tune")
-st.caption(f"Runs go to `{training.runs_root()}` (set LIFT_RUNS_DIR to change it). Training runs as a "
+st.caption(f"Runs go to `{train_form.runs_root()}` (set LIFT_RUNS_DIR to change it). Training runs as a "
            "separate process: closing or reloading this tab does not stop it, and one job runs at a time.")
 
-settings = training.settings_form()
+settings = train_form.settings_form()
 if settings is not None:
     run_tab, compare_tab = st.tabs(["One run", "Compare all methods"])
     with run_tab:
-        out = training.planned_dir(settings.method, "run")
-        argv = training.finetune_argv(settings, out)
-        st.code(training.command_text(argv), language="bash")
-        training.launch_button("Run", argv, [out], kind="finetune", slot="run", settings=settings,
+        out = train_form.planned_dir(settings.method, "run")
+        argv = train_form.finetune_argv(settings, out)
+        st.code(train_form.command_text(argv), language="bash")
+        train_form.launch_button("Run", argv, [out], kind="finetune", slot="run", settings=settings,
                                steps=settings.steps, job_label=f"{settings.method}, {settings.steps} steps",
                                key="ft_run")
     with compare_tab:
@@ -27,12 +27,12 @@ if settings is not None:
         st.caption("The same settings for every method, each with its own default learning rate; "
                    "one job that trains them one after another into one folder.")
         if methods:
-            out = training.planned_dir("compare", "compare")
-            argv = training.compare_argv(settings, methods, out)
-            st.code(training.command_text(argv), language="bash")
-            training.launch_button("Compare all", argv, [out / m for m in methods], kind="compare",
+            out = train_form.planned_dir("compare", "compare")
+            argv = train_form.compare_argv(settings, methods, out)
+            st.code(train_form.command_text(argv), language="bash")
+            train_form.launch_button("Compare all", argv, [out / m for m in methods], kind="compare",
                                    slot="compare", settings=settings, steps=settings.steps,
                                    job_label=f"compare {', '.join(methods)} ({settings.steps} steps each)",
                                    key="ft_compare")
 
-job_view.job_panel(("finetune", "compare"), key="ft_live")
+live_panel.job_panel(("finetune", "compare"), key="ft_live")

@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-from lift_core.compare_cli import method_table
-from lift_core.method_registry import METHOD_REGISTRY
-from lift_core.records import runs_table
-from lift_ui import run_data, state, training
+from lift_core.runs.compare import method_table
+from lift_core.runs.records import runs_table
+from lift_core.train.registry import METHOD_REGISTRY
+from lift_ui import caches, run_data, sidebar, train_form
 
 
 def _sample_runs_forgetting() -> str:
     """What the shipped sample runs measured about forgetting, computed from their records
     (the same sentence as the Workshop's), so the page cannot contradict them."""
-    records = training.sample_records()
+    records = train_form.sample_records()
     if not records:
         return ""
     table = runs_table([r.path for r in records.values()])
@@ -44,7 +44,7 @@ if measured:
 with st.expander(f"The {len(METHOD_REGISTRY)} methods you can fine-tune with (Train pages, CLI `--method`)"):
     st.markdown("\n".join(f"- **{m.label}** (`{m.name}`, default lr {m.default_lr:g}): {m.description}"
                            for m in METHOD_REGISTRY.values()))
-sel = state.explorer_sidebar()
+sel = sidebar.explorer_sidebar()
 st.subheader("Explore")
 cols = st.columns(3)
 cols[0].page_link("pages/spectrum.py", label="Spectrum: where the structure is", icon=":material/show_chart:")
@@ -59,4 +59,4 @@ st.caption(
     "blocks (q, k, v, o, gate, up, down); embeddings, norms, biases and heads stay frozen."
     + ("" if sel.causal else " This is an encoder-only model: explore it here, fine-tune a decoder.")
 )
-st.dataframe(state.model_layers_table(sel.model_name), hide_index=True, width="stretch")
+st.dataframe(caches.model_layers_table(sel.model_name), hide_index=True, width="stretch")

@@ -3,19 +3,19 @@
 import streamlit as st
 
 from lift_core.errors import LiftError
-from lift_ui import state
-from lift_ui.figures import model_overlap_figure, overlap_sweep_figure, pairwise_figure
+from lift_ui import caches, sidebar
+from lift_ui.figures.explorer import model_overlap_figure, overlap_sweep_figure, pairwise_figure
 
 st.title("Overlap between masks")
-sel = state.explorer_sidebar()
+sel = sidebar.explorer_sidebar()
 if sel is None:
     st.info("Pick a model in the sidebar.")
     st.stop()
 
 st.caption(f"{sel.layer.label} · `{sel.layer.name}` · {sel.budget_text} · filter rank r = {sel.filter_rank}")
 name, layer = sel.model_name, sel.layer.name
-masks = state.layer_masks(name, layer, sel.k, sel.filter_rank, sel.svd)
-pairs = state.pairwise(masks)
+masks = caches.layer_masks(name, layer, sel.k, sel.filter_rank, sel.svd)
+pairs = caches.pairwise(masks)
 now = float(pairs.loc["lift", "magnitude"])
 density = sel.k / sel.layer.numel
 st.markdown(
@@ -26,12 +26,12 @@ st.markdown(
     f"{name} at these settings, it is **{now:.3f}** (chance: {density / (2 - density):.3f})."
 )
 left, right = st.columns(2)
-by_rank = state.sweep_filter_rank(name, layer, sel.k, sel.svd)
+by_rank = caches.sweep_filter_rank(name, layer, sel.k, sel.svd)
 left.plotly_chart(overlap_sweep_figure(by_rank, "filter_rank", sel.filter_rank, "filter rank r (log)",
                                        f"vs filter rank, at k = {sel.k:,}", current_jaccard=now))
 left.caption("At full rank W_r = W, so LIFT and magnitude coincide (Jaccard 1). At small r "
              "they share little: principal weights are not the largest weights.")
-by_budget = state.sweep_budget(name, layer, sel.filter_rank, sel.svd)
+by_budget = caches.sweep_budget(name, layer, sel.filter_rank, sel.svd)
 if sel.density is None:
     budget_chart = overlap_sweep_figure(by_budget, "lora_rank", sel.lora_rank, "budget as LoRA rank (log)",
                                         f"vs budget, at r = {sel.filter_rank}", current_jaccard=now)
@@ -58,10 +58,10 @@ st.header("Whole model")
 st.caption(
     f"Every linear layer inside the transformer blocks at filter rank {sel.filter_rank} and "
     f"LoRA-rank budget {sel.lora_rank} (k = (m+n)·{sel.lora_rank} per layer"
-    + (", not the density budget" if sel.density is not None else "") + f"), {state.SVD_LABELS[sel.svd]} SVD."
+    + (", not the density budget" if sel.density is not None else "") + f"), {sidebar.SVD_LABELS[sel.svd]} SVD."
 )
 args = (name, sel.lora_rank, sel.filter_rank, sel.svd)
-found = state.cached_model_analysis(*args)
+found = caches.cached_model_analysis(*args)
 # The run that follows a click already knows it: the button (same key, so the same element)
 # turns into a disabled "Analyzing…" label. Replacing it by the bar left a faded copy below.
 running = found is None and bool(st.session_state.get("analyze_all"))
@@ -70,7 +70,7 @@ if found is None and (st.button("Analyzing every layer…" if running else "Anal
                                 disabled=running) or running):
     bar = st.progress(0.0, text="starting…")
     try:
-        found = state.model_analysis(*args, progress=lambda done, total, layer_name: bar.progress(
+        found = caches.model_analysis(*args, progress=lambda done, total, layer_name: bar.progress(
             done / total, text=f"{done}/{total} · {layer_name}"))
     except LiftError as exc:
         st.error(str(exc))

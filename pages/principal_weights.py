@@ -2,10 +2,15 @@
 
 import streamlit as st
 
-from lift_core.overlap import mask_difference, row_col_counts
-from lift_ui import state
-from lift_ui.figures import COLORS
-from lift_ui.figures_matrix import difference_heatmap, magnitude_heatmap, mask_heatmap, row_col_figure
+from lift_core.analysis.overlap import mask_difference, row_col_counts
+from lift_ui import caches, sidebar
+from lift_ui.figures.explorer import COLORS
+from lift_ui.figures.matrix import (
+    difference_heatmap,
+    magnitude_heatmap,
+    mask_heatmap,
+    row_col_figure,
+)
 from lift_ui.pooling import BOTH, ONLY_LIFT, ONLY_MAGNITUDE, TIED, ZOOM_SIDE, MatrixView, category_shares
 
 
@@ -22,17 +27,17 @@ def _overlap_metrics(box, codes, where: str) -> None:
 
 
 st.title("Principal weights")
-sel = state.explorer_sidebar()
+sel = sidebar.explorer_sidebar()
 if sel is None:
     st.info("Pick a model in the sidebar.")
     st.stop()
 
 m, n = sel.layer.shape
 st.caption(f"{sel.layer.label} · `{sel.layer.name}` · {sel.budget_text} · filter rank r = {sel.filter_rank}")
-w_abs = state.weight_abs(sel.model_name, sel.layer.name)
-wr_abs = state.low_rank_abs(sel.model_name, sel.layer.name, sel.filter_rank, sel.svd)
-masks = state.layer_masks(sel.model_name, sel.layer.name, sel.k, sel.filter_rank, sel.svd)
-lift, mag = state.torch_mask(masks["lift"]), state.torch_mask(masks["magnitude"])
+w_abs = caches.weight_abs(sel.model_name, sel.layer.name)
+wr_abs = caches.low_rank_abs(sel.model_name, sel.layer.name, sel.filter_rank, sel.svd)
+masks = caches.layer_masks(sel.model_name, sel.layer.name, sel.k, sel.filter_rank, sel.svd)
+lift, mag = caches.torch_mask(masks["lift"]), caches.torch_mask(masks["magnitude"])
 codes = mask_difference(lift, mag).numpy()
 
 view = MatrixView.whole((m, n))

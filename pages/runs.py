@@ -2,15 +2,15 @@
 
 import streamlit as st
 
-from lift_ui import figures_training as figs
-from lift_ui import run_data, training
-from lift_ui.state import require_app_navigation
+from lift_ui import run_data, train_form
+from lift_ui.figures import training as figs
+from lift_ui.sidebar import require_app_navigation
 
 require_app_navigation()
 st.title("Runs")
-table = training.browse_runs()
+table = train_form.browse_runs()
 if table.empty:
-    st.info(f"No run records yet in `sample_runs/` or `{training.runs_root()}`. Launch one on the "
+    st.info(f"No run records yet in `sample_runs/` or `{train_form.runs_root()}`. Launch one on the "
             "Fine-tune page, or make the sample runs: `bash sample_runs/make_sample_runs.sh`.")
     st.stop()
 unreadable = table[table["status"] == "unreadable"]
@@ -34,7 +34,7 @@ st.dataframe(shown[columns], hide_index=True, column_config={
 st.download_button("Download the table (CSV)", shown.drop(columns=["path"]).to_csv(index=False),
                    file_name="lift_runs.csv", mime="text/csv", key="runs_csv")
 
-data = training.long_metrics(training.records_for(shown))
+data = train_form.long_metrics(train_form.records_for(shown))
 st.plotly_chart(figs.accuracy_figure(data), key="runs_acc")
 left, right = st.columns(2)
 log_y = left.toggle("Log-scale loss", value=True, key="runs_log")

@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-from lift_ui import state
-from lift_ui.figures import energy_figure, spectrum_figure
+from lift_ui import caches, sidebar
+from lift_ui.figures.explorer import energy_figure, spectrum_figure
 
 st.title("Spectrum")
-sel = state.explorer_sidebar()
+sel = sidebar.explorer_sidebar()
 if sel is None:
     st.info("Pick a model in the sidebar.")
     st.stop()
 
-spec = state.spectrum(sel.model_name, sel.layer.name)
+spec = caches.spectrum(sel.model_name, sel.layer.name)
 energy_r = float(spec["energy"][sel.filter_rank - 1])
 st.caption(f"{sel.layer.label} · `{sel.layer.name}`")
 

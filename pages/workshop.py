@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from lift_core.compare_cli import method_table
-from lift_core.method_registry import PRINCIPAL_METHOD, method_label, method_names
-from lift_core.records import runs_table
-from lift_ui import figures_training as figs
-from lift_ui import job_view, run_data, training
-from lift_ui.state import require_app_navigation
+from lift_core.runs.compare import method_table
+from lift_core.runs.records import runs_table
+from lift_core.train.registry import PRINCIPAL_METHOD, method_label, method_names
+from lift_ui import live_panel, run_data, train_form
+from lift_ui.figures import training as figs
+from lift_ui.sidebar import require_app_navigation
 
 require_app_navigation()
 st.title("Workshop: LIFT in ten minutes")
@@ -19,7 +19,7 @@ st.markdown(
     "kept only for those k entries, and the mask is recomputed from the current weights every few "
     "hundred steps (Liu et al., ICML 2025).")
 
-records = training.sample_records()
+records = train_form.sample_records()
 if not records:
     st.info("No completed sample runs yet (`bash sample_runs/make_sample_runs.sh` makes them, "
             "~1 min per run). The live demo below still works.")
@@ -71,13 +71,13 @@ else:
                 "are principal." + churn)
 
 st.header("Live demo")
-demo = training.demo_settings()
-out = training.planned_dir("demo", "demo")
-argv = training.finetune_argv(demo, out)
+demo = train_form.demo_settings()
+out = train_form.planned_dir("demo", "demo")
+argv = train_form.finetune_argv(demo, out)
 st.markdown(f"A short LIFT run on the built-in model ({demo.steps} steps, evaluation on {demo.eval_limit} "
             "problems of each task): about a minute on a laptop CPU. It runs in the background; the charts "
             "below update as it trains.")
-st.code(training.command_text(argv), language="bash")
-training.launch_button("Start the live demo", argv, [out], kind="demo", slot="demo", settings=demo,
+st.code(train_form.command_text(argv), language="bash")
+train_form.launch_button("Start the live demo", argv, [out], kind="demo", slot="demo", settings=demo,
                        steps=demo.steps, job_label=f"live demo: lift, {demo.steps} steps", key="ws_demo")
-job_view.job_panel(("demo",), key="ws_live")
+live_panel.job_panel(("demo",), key="ws_live")

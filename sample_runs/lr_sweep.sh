@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The learning-rate sweep behind the methods' default learning rates (their records in
-# lift_core/method_registry.py): every method on the same grid, on the built-in model and
+# lift_core/train/registry.py): every method on the same grid, on the built-in model and
 # tasks with the default schedule (300 steps, lora/filter rank 4), one seed (100) kept apart
 # from the seeds of the sample runs (0, 1, 2).
 # Accuracy is measured once at the end on 60 evenly spread examples of each eval set (to keep
@@ -25,8 +25,8 @@ for method in ${*:-$SWEPT}; do
 done
 python - "$OUT" <<'PY'
 import sys
-from lift_core.method_registry import method_names
-from lift_core.records import list_runs, runs_table
+from lift_core.train.registry import method_names
+from lift_core.runs.records import list_runs, runs_table
 t = runs_table(list_runs(sys.argv[1]))
 methods = [m for m in method_names() if m in set(t["method"])]
 print("| lr | " + " | ".join(methods) + " |")

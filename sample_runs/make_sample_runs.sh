@@ -18,7 +18,7 @@ if [ -z "${TABLE_ONLY:-}" ]; then
   done
 fi
 python - <<'PY'
-from lift_core.records import list_runs, runs_table
+from lift_core.runs.records import list_runs, runs_table
 
 t = runs_table(list_runs("sample_runs"))
 t = t[t["status"] == "completed"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lift_core.run_folder import CLAIM_FILE
+from lift_core.runs.folder import CLAIM_FILE
 
 TRAINABLE = {"lift": 39424, "magnitude": 39424, "random": 39424, "lora": 39424, "full": 802816}
 # (target accuracy after, source accuracy after) per method: LIFT up and to the left.

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from lift_core.analysis import analyze_layer, analyze_model, save_masks
+from lift_core.analysis.layers import analyze_layer, analyze_model, save_masks
+from lift_core.analysis.overlap import jaccard
 from lift_core.errors import LiftError
-from lift_core.masks import lift_mask, lora_budget, magnitude_mask
-from lift_core.models import layer_weight, list_linear_layers, load_model
-from lift_core.overlap import jaccard
+from lift_core.lowrank.masks import lift_mask, lora_budget, magnitude_mask
+from lift_core.models.loading import layer_weight, list_linear_layers, load_model
 
 
 @pytest.fixture(scope="module")

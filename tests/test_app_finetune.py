@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lift_core.jobs import JobManager
-from lift_core.methods import default_lr
+from lift_core.runs.jobs import JobManager
+from lift_core.train.methods import default_lr
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 120
@@ -84,7 +84,7 @@ def test_a_learning_rate_no_run_can_use_is_refused_in_the_form(runs, typed):
 # A job that writes the start of a real run record, then dies by SIGKILL (as from the OOM killer).
 _KILLED_JOB = """
 import os, signal, sys
-from lift_core.records import RunWriter
+from lift_core.runs.records import RunWriter
 writer = RunWriter(sys.argv[1])
 writer.write_config({"method": "lift", "steps": 200, "update_interval": 100})
 writer.append_metrics({"step": 0, "target_acc": 0.1, "source_acc": 0.9, "elapsed": 1.0})
@@ -191,10 +191,10 @@ def test_compare_all_runs_as_one_job_and_stops_cleanly(runs):
 def test_the_form_sets_the_config_fields_and_previews_them(runs):
     from dataclasses import fields
 
-    from lift_core.cli import build_parser
-    from lift_core.finetune_cli import config_from_args
-    from lift_core.training import FinetuneConfig
-    from lift_ui.training import APP_SKIPPED_FIELDS, default_threads, form_fields
+    from lift_core.cli.main import build_parser
+    from lift_core.cli.finetune import config_from_args
+    from lift_core.train.config import FinetuneConfig
+    from lift_ui.train_form import APP_SKIPPED_FIELDS, default_threads, form_fields
 
     names = [f.name for f in fields(FinetuneConfig)]
     assert [f.name for f in form_fields()] == [n for n in names if n not in APP_SKIPPED_FIELDS]

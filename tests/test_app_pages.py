@@ -120,11 +120,11 @@ def test_builtin_model_loads_or_says_why(app):
 
 
 def test_a_model_too_large_for_memory_is_refused_from_its_config(monkeypatch):
-    import lift_core.models
+    import lift_core.models.loading
 
-    from lift_ui import state
+    from lift_ui import caches as state
 
-    monkeypatch.setattr(lift_core.models, "available_memory_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(lift_core.models.loading, "available_memory_bytes", lambda: 1 << 20)
     state.model_facts.clear()  # the size check runs with the config, which is cached
     try:
         at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -202,7 +202,7 @@ def test_overlap_intro_names_the_chosen_model_not_minilm(app):
 
 
 def test_home_reports_what_the_sample_runs_measured(app):
-    from lift_ui.training import sample_records
+    from lift_ui.train_form import sample_records
 
     if not sample_records():
         pytest.skip("no sample runs in this checkout")

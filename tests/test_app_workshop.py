@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lift_core.jobs import JobManager
+from lift_core.runs.jobs import JobManager
 from tests.fake_runs import write_sample_set
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lift_core.jobs import JobManager
+from lift_core.runs.jobs import JobManager
 from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, REPO, streamlit_server
 from tests.fake_runs import write_sample_set
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.browser
 
 # (url path, screenshot name, plotly charts expected once the page has rendered)
 # A sub-page comes first on purpose: a fresh server's first visit must still go through
-# app.py's navigation (see lift_ui.state.require_app_navigation).
+# app.py's navigation (see lift_ui.sidebar.require_app_navigation).
 PAGES = [
     ("spectrum", "spectrum", 2),
     ("", "home", 0),

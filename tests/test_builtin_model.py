@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import lift_core.builtin_model as bm
+import lift_core.models.builtin as bm
 from lift_core.errors import LiftError
-from lift_core.evaluation import accuracy
-from lift_core.models import load_model, load_tokenizer
-from lift_core.tasks import source_eval_examples, target_eval_examples
+from lift_core.models.loading import load_model, load_tokenizer
+from lift_core.train.evaluation import accuracy
+from lift_core.train.tasks import source_eval_examples, target_eval_examples
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_tokenizer_is_character_level_with_bos_first():
 
 
 def test_encode_batch_puts_the_loss_on_answer_and_eos_only():
-    from lift_core.tasks import Example
+    from lift_core.train.tasks import Example
 
     tok = bm.build_tokenizer()
     batch = bm.encode_batch(tok, [Example("1+1=", "2"), Example("rev ab = ", "ba")])
@@ -125,14 +125,14 @@ def test_recipe_rebuilds_a_model_that_passes_the_same_bar(tmp_path):
 
 
 def _finetune_on_target(model, tokenizer, *, lr, steps, lift_rank=None, batch_size=16):
-    """Throwaway check of the task design (the real trainer is lift_core.training).
+    """Throwaway check of the task design (the real trainer is lift_core.train.loop).
 
     Plain AdamW on every block linear weight; with ``lift_rank`` the gradients are masked
     to LIFT's principal weights (budget of a LoRA of that rank, filter rank the same), so
     Adam's moments, and hence the updates, stay zero outside the mask.
     """
-    from lift_core.masks import lift_mask, lora_budget
-    from lift_core.tasks import target_train_examples
+    from lift_core.lowrank.masks import lift_mask, lora_budget
+    from lift_core.train.tasks import target_train_examples
 
     model.requires_grad_(False)
     weights = [m.weight for n, m in model.named_modules()

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from lift_core.cli import main
+from lift_core.cli.main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

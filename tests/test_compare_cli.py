@@ -13,11 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lift_core.cli import build_parser, main
-from lift_core.compare_cli import compare_configs, method_table, parse_methods, read_compare
+from lift_core.cli.compare import parse_methods
+from lift_core.cli.main import build_parser, main
 from lift_core.errors import LiftError
-from lift_core.methods import default_lr
-from lift_core.records import read_run
+from lift_core.runs.compare import compare_configs, method_table, read_compare
+from lift_core.runs.records import read_run
+from lift_core.train.methods import default_lr
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--eval-every", "2", "--eval-limit", "4", "--threads", "1", "--no-progress"]
@@ -92,7 +93,7 @@ def test_method_table_mean_and_std_per_method():
 
 
 def test_summary_table_shows_no_after_numbers_for_a_run_stopped_before_evaluating(tmp_path):
-    from lift_core.compare_cli import summary_text
+    from lift_core.cli.compare import summary_text
     from tests.fake_runs import write_run
 
     run = write_run(tmp_path / "lift", "lift", 0, status="stopped")
@@ -111,9 +112,10 @@ def test_summary_table_shows_no_after_numbers_for_a_run_stopped_before_evaluatin
 def test_every_shared_config_field_is_an_option_with_its_docstring_as_help():
     from dataclasses import fields
 
-    from lift_core.compare_cli import PER_METHOD_FIELDS, add_compare_parser
-    from lift_core.config_options import field_docs
-    from lift_core.training import FinetuneConfig
+    from lift_core.train.options import PER_METHOD_FIELDS
+    from lift_core.cli.compare import add_compare_parser
+    from lift_core.train.options import field_docs
+    from lift_core.train.config import FinetuneConfig
     from tests.test_finetune_cli import _options
 
     options = _options(add_compare_parser, "compare")

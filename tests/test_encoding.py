@@ -5,15 +5,15 @@ import random
 import pytest
 import torch
 
-from lift_core.builtin_model import build_tokenizer
-from lift_core.encoding import (
+from lift_core.models.builtin import build_tokenizer
+from lift_core.train.encoding import (
     encode_example,
     first_tokens,
     last_tokens,
     pad_for_generation,
     pad_for_training,
 )
-from lift_core.tasks import Example
+from lift_core.train.tasks import Example
 
 WORDS = "the answer is seven plus three equals ten so we write it down twice".split()
 

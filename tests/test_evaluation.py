@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lift_core.builtin_model import build_tokenizer
 from lift_core.errors import LiftError
-from lift_core.evaluation import accuracy, answer_length, generate_completions, score
-from lift_core.tasks import Example
+from lift_core.models.builtin import build_tokenizer
+from lift_core.train.evaluation import accuracy, answer_length, generate_completions, score
+from lift_core.train.tasks import Example
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lift_core.cli import main
-from lift_core.builtin_model import ensure_builtin_model
+from lift_core.cli.main import main
+from lift_core.models.builtin import ensure_builtin_model
 
 REPO = Path(__file__).resolve().parents[1]
 # The issue's `F`, cut to what a test needs: the built-in model, two steps, tiny evaluations.
@@ -31,7 +31,7 @@ def nothing_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although the input was bad")
 
-    monkeypatch.setattr("lift_core.models.load_model", refuse)
+    monkeypatch.setattr("lift_core.models.loading.load_model", refuse)
 
 
 def _one_error_line(capsys, code: int) -> str:
@@ -93,7 +93,7 @@ def test_lora_rank_100000_is_clipped_and_said_so(capsys, tmp_path):
 
 def test_a_run_that_cannot_fit_is_refused_before_loading(capsys, nothing_loads, tmp_path,
                                                           monkeypatch):
-    monkeypatch.setattr("lift_core.models.available_memory_bytes", lambda: 8 * 2**20)
+    monkeypatch.setattr("lift_core.models.loading.available_memory_bytes", lambda: 8 * 2**20)
     err = _one_error_line(capsys, main([*F, "--method", "full", "--out", str(tmp_path / "run")]))
     assert err.startswith("error: full on builtin needs about ") and "free on cpu" in err
     assert not (tmp_path / "run").exists()

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.records import read_run
-from lift_core.tasks import format_alpaca_prompt, load_examples
-from lift_core.training import FinetuneConfig, finetune
+from lift_core.runs.records import read_run
+from lift_core.train.config import FinetuneConfig
+from lift_core.train.loop import finetune
+from lift_core.train.tasks import format_alpaca_prompt, load_examples
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"instruction": "What is 2+3?", "output": "2+3=5. #### 5"}
@@ -29,7 +30,7 @@ def _jsonl(path, records):
     return path
 
 
-def _peak_rss_mb(code: str, imports: str = "from lift_core.tasks import load_examples") -> tuple:
+def _peak_rss_mb(code: str, imports: str = "from lift_core.train.tasks import load_examples") -> tuple:
     """Run ``code`` in a fresh interpreter: its peak RSS growth after ``imports`` (MB), stdout."""
     script = (f"import resource\n{imports}\n"
               "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -83,7 +84,7 @@ def test_a_folder_given_as_a_data_file_is_called_a_folder(tmp_path):
 
 
 def test_an_oversized_jsonl_record_is_refused_naming_file_and_line(tmp_path):
-    from lift_core.tasks import MAX_RECORD_CHARS
+    from lift_core.train.tasks import MAX_RECORD_CHARS
 
     huge = {"instruction": "x" * (MAX_RECORD_CHARS + 1), "output": "1"}
     path = _jsonl(tmp_path / "big.jsonl", [GOOD, GOOD, huge, GOOD])
@@ -95,7 +96,7 @@ def test_an_oversized_jsonl_record_is_refused_naming_file_and_line(tmp_path):
 
 
 def test_an_oversized_json_array_record_is_refused_naming_the_record(tmp_path):
-    from lift_core.tasks import MAX_RECORD_CHARS
+    from lift_core.train.tasks import MAX_RECORD_CHARS
 
     path = tmp_path / "big.json"
     path.write_text(json.dumps([GOOD, {"instruction": "a", "input": "y" * MAX_RECORD_CHARS,
@@ -127,9 +128,9 @@ def test_a_huge_prompt_is_tokenized_in_bounded_memory():
         " max_length=64, device=torch.device('cpu'))\n"
         "print(tuple(batches.next()['input_ids'].shape), batches.dropped)",
         imports="import torch\ntorch.set_num_threads(1)\n"
-                "from lift_core.builtin_model import build_tokenizer\n"
-                "from lift_core.tasks import Example\n"
-                "from lift_core.training_data import TrainBatches")
+                "from lift_core.models.builtin import build_tokenizer\n"
+                "from lift_core.train.tasks import Example\n"
+                "from lift_core.train.data import TrainBatches")
     assert out == "(2, 13) 1"  # <bos> + 10 + answer + <eos>; the 2M-character prompt is left out
     assert growth < 150, f"one batch grew the process by {growth:.0f} MB"
 
@@ -139,7 +140,7 @@ def char_llama(tmp_path_factory):
     """A random 2-block Llama with the built-in character tokenizer (256 positions)."""
     from transformers import LlamaForCausalLM
 
-    from lift_core.builtin_model import BuiltinRecipe, build_config, build_tokenizer
+    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
 
     path = tmp_path_factory.mktemp("char_llama")
     tokenizer = build_tokenizer()
@@ -165,7 +166,7 @@ def _records(n_long, n_fitting):
 
 def test_prompts_that_fill_max_length_are_dropped_with_a_warning(char_llama, tmp_path, caplog):
     data = _jsonl(tmp_path / "train.jsonl", _records(n_long=3, n_fitting=5))
-    logger = logging.getLogger("lift_core.training")  # its own handler: the CLI may stop
+    logger = logging.getLogger("lift_core.train.loop")  # its own handler: the CLI may stop
     logger.addHandler(caplog.handler)                 # propagation at "lift_core"
     try:
         summary = finetune(_quick(char_llama, train_data=str(data), out_dir=str(tmp_path / "run")),

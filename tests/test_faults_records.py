@@ -24,8 +24,9 @@ from unittest import mock
 import pytest
 
 from lift_core.errors import LiftError
-from lift_core.records import RecordWriteError, RunRecorder, RunWriter, list_runs, read_run, runs_table
-from lift_core.run_folder import CLAIM_FILE
+from lift_core.errors import RecordWriteError
+from lift_core.runs.folder import CLAIM_FILE
+from lift_core.runs.records import RunRecorder, RunWriter, list_runs, read_run, runs_table
 from tests.test_training import _config, char_llama  # noqa: F401  (a module fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_racing_threads_never_share_a_run_folder(tmp_path):
 _RACER = """
 import json, sys, time
 from lift_core.errors import LiftError
-from lift_core.records import RunRecorder
+from lift_core.runs.records import RunRecorder
 root, start, trials, me = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for trial in range(trials):
     due = start + 0.08 * trial
@@ -114,7 +115,7 @@ def test_racing_processes_never_share_a_run_folder(tmp_path):
 
 _HOLDER = """
 import sys, time
-from lift_core.records import RunWriter
+from lift_core.runs.records import RunWriter
 writer = RunWriter(sys.argv[1], overwrite=True)
 writer.write_config({"method": "lift", "steps": 200})
 writer.append_metrics({"step": 0, "target_acc": 0.1, "source_acc": 0.9, "elapsed": 1.0})
@@ -245,7 +246,7 @@ def _assert_whole_lines(folder: Path) -> None:
 
 
 def test_a_full_disk_mid_run_fails_the_run_in_one_line(char_llama, tmp_path):  # noqa: F811
-    from lift_core.training import finetune
+    from lift_core.train.loop import finetune
 
     run = tmp_path / "run"
     with disk_full(run, after_metrics_bytes=250), pytest.raises(RecordWriteError) as info:
@@ -260,7 +261,7 @@ def test_a_full_disk_mid_run_fails_the_run_in_one_line(char_llama, tmp_path):  #
 
 
 def test_the_cli_prints_one_line_when_the_disk_fills_up(char_llama, tmp_path, capsys):  # noqa: F811
-    from lift_core.cli import main
+    from lift_core.cli.main import main
 
     run = tmp_path / "run"
     args = ["finetune", "--model", char_llama, "--steps", "6", "--eval-every", "3", "--eval-limit", "4",
@@ -276,7 +277,7 @@ def test_the_cli_prints_one_line_when_the_disk_fills_up(char_llama, tmp_path, ca
 
 
 def test_a_summary_that_does_not_fit_is_a_failure_not_a_running_run(char_llama, tmp_path):  # noqa: F811
-    from lift_core.training import finetune
+    from lift_core.train.loop import finetune
 
     run, real_fsync = tmp_path / "run", os.fsync
 
@@ -293,7 +294,7 @@ def test_a_summary_that_does_not_fit_is_a_failure_not_a_running_run(char_llama, 
 
 
 def test_when_nothing_fits_any_more_the_run_shows_interrupted(char_llama, tmp_path):  # noqa: F811
-    from lift_core.training import finetune
+    from lift_core.train.loop import finetune
 
     run = tmp_path / "run"
     with disk_full(run, after_metrics_bytes=250, pwrite_too=True), pytest.raises(RecordWriteError):

@@ -7,16 +7,29 @@ import pandas as pd
 import pytest
 import torch
 
-from lift_core.masks import lora_budget
-from lift_core.overlap import (
-    baseline_masks, mask_difference, overlap_vs_budget, overlap_vs_filter_rank, pairwise_jaccard,
+from lift_core.analysis.overlap import (
+    baseline_masks,
+    mask_difference,
+    overlap_vs_budget,
+    overlap_vs_filter_rank,
+    pairwise_jaccard,
 )
-from lift_core.spectra import cumulative_energy, summarize_spectrum
+from lift_core.lowrank.masks import lora_budget
+from lift_core.lowrank.spectra import cumulative_energy, summarize_spectrum
 from lift_ui import pooling
-from lift_ui.figures import (
-    energy_figure, model_overlap_figure, overlap_sweep_figure, pairwise_figure, spectrum_figure,
+from lift_ui.figures.explorer import (
+    energy_figure,
+    model_overlap_figure,
+    overlap_sweep_figure,
+    pairwise_figure,
+    spectrum_figure,
 )
-from lift_ui.figures_matrix import difference_heatmap, magnitude_heatmap, mask_heatmap, row_col_figure
+from lift_ui.figures.matrix import (
+    difference_heatmap,
+    magnitude_heatmap,
+    mask_heatmap,
+    row_col_figure,
+)
 from lift_ui.pooling import MatrixView
 
 
@@ -235,7 +248,7 @@ def test_log_ticks_are_labelled_in_full():
     labels = list(ticks.ticktext)
     assert len(labels) == len(set(labels))  # no "2" both below and above 1
     assert {"0.2", "0.5", "1", "2", "5"} <= set(labels)
-    from lift_ui.figures import log_ticks
+    from lift_ui.figures.explorer import log_ticks
     assert log_ticks(0.5, 60, "%")["ticktext"] == ["0.5%", "1%", "2%", "5%", "10%", "20%", "50%"]
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lift_core.compare_cli import method_table
-from lift_core.records import read_run, runs_table
-from lift_ui import figures_training as figs
+from lift_core.runs.compare import method_table
+from lift_core.runs.records import read_run, runs_table
 from lift_ui import run_data
+from lift_ui.figures import training as figs
 from tests.fake_runs import write_interrupted_run, write_run, write_sample_set
 
 

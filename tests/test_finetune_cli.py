@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lift_core.errors import LiftError
-from lift_core.finetune_cli import (
+from lift_core.cli.finetune import (
     add_finetune_parser,
     config_from_args,
     run_finetune,
     summary_paragraph,
 )
-from lift_core.training import FinetuneConfig
+from lift_core.errors import LiftError
+from lift_core.train.config import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def char_llama(tmp_path_factory):
     from transformers import LlamaForCausalLM
 
-    from lift_core.builtin_model import BuiltinRecipe, build_config, build_tokenizer
+    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
 
     path = tmp_path_factory.mktemp("char_llama")
     tokenizer = build_tokenizer()
@@ -87,7 +87,7 @@ def test_bad_values_raise_lift_error():
 
 
 def test_malformed_data_is_one_line_through_the_main_cli(char_llama, tmp_path, capsys):
-    cli = pytest.importorskip("lift_core.cli")
+    cli = pytest.importorskip("lift_core.cli.main")
     data = tmp_path / "bad.jsonl"
     data.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c"}\n')
     code = cli.main(["finetune", "--model", char_llama, "--train-data", str(data),
@@ -98,7 +98,7 @@ def test_malformed_data_is_one_line_through_the_main_cli(char_llama, tmp_path, c
 
 
 def test_existing_out_dir_is_one_line_through_the_main_cli(char_llama, tmp_path, capsys):
-    cli = pytest.importorskip("lift_core.cli")
+    cli = pytest.importorskip("lift_core.cli.main")
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
@@ -175,7 +175,7 @@ def _options(parser_builder, command):
 def test_every_config_field_is_an_option_with_its_docstring_as_help():
     from dataclasses import fields
 
-    from lift_core.config_options import field_docs
+    from lift_core.train.options import field_docs
 
     options = _options(add_finetune_parser, "finetune")
     docs = field_docs(FinetuneConfig)
@@ -190,7 +190,7 @@ def test_every_config_field_is_an_option_with_its_docstring_as_help():
 def test_field_docstrings_are_read_from_the_class_source():
     from dataclasses import dataclass
 
-    from lift_core.config_options import config_fields, field_docs
+    from lift_core.train.options import config_fields, field_docs
 
     assert field_docs(FinetuneConfig)["steps"] == "Optimizer steps."
     assert field_docs(FinetuneConfig)["lora_rank"].startswith("LoRA rank, and the budget")
@@ -217,7 +217,7 @@ def test_new_settings_reach_the_config():
      "warmup_ratio": 0.1, "overwrite": True, "trust_remote_code": True, "threads": 2},
 ])
 def test_options_written_from_a_config_parse_back_to_it(settings):
-    from lift_core.finetune_cli import finetune_options
+    from lift_core.train.options import finetune_options
 
     config = FinetuneConfig(out_dir="x", **settings)
     argv = finetune_options(config)

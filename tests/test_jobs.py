@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lift_core.errors import LiftError
-from lift_core.jobs import JobManager, _CHILDREN
+from lift_core.runs.jobs import JobManager, _CHILDREN
 
 # A stand-in job: writes a file, then waits; on SIGTERM it writes "stopped" and exits 0,
 # as the finetune CLI does.

@@ -1,11 +1,13 @@
-"""lift_core.masks: LIFT masks against a float64 SVD reference, baselines, budgets, registry."""
+"""lift_core.lowrank.masks: LIFT masks against a float64 SVD reference, baselines, budgets, registry."""
 
 import pytest
 import torch
 
-import lift_core.svd as svd_module
+import lift_core.lowrank.svd as svd_module
+from bench.common import power_law_matrix
+from lift_core.analysis.overlap import jaccard
 from lift_core.errors import LiftError
-from lift_core.masks import (
+from lift_core.lowrank.masks import (
     MASK_STRATEGIES,
     budget_is_clipped,
     compute_mask,
@@ -17,8 +19,6 @@ from lift_core.masks import (
     random_mask,
     top_k_mask,
 )
-from lift_core.overlap import jaccard
-from lift_core.spectra import power_law_matrix
 
 SHAPES = [(48, 48), (96, 40), (40, 96)]  # square, tall, wide
 
@@ -181,7 +181,7 @@ def test_randomized_tall_and_wide():
 
 @pytest.fixture(scope="module")
 def minilm_weights():
-    from lift_core.models import layer_weight, list_linear_layers, load_model
+    from lift_core.models.loading import layer_weight, list_linear_layers, load_model
 
     model = load_model("minilm")
     return {layer.name: layer_weight(model, layer).detach().clone()

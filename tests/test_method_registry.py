@@ -14,11 +14,15 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from lift_core import compare_cli, methods
-from lift_core.cli import build_parser
+from lift_core.cli import compare as compare_cli
+from lift_core.cli.main import build_parser
 from lift_core.errors import LiftError
-from lift_core.masks import MASK_STRATEGIES
-from lift_core.method_registry import (
+from lift_core.lowrank.masks import MASK_STRATEGIES
+from lift_core.models.loading import load_model
+from lift_core.models.preflight import estimate_training_memory
+from lift_core.train import methods
+from lift_core.train.config import FinetuneConfig
+from lift_core.train.registry import (
     METHOD_REGISTRY,
     Method,
     compared_by_default,
@@ -29,10 +33,8 @@ from lift_core.method_registry import (
     method_names,
     methods_help,
 )
-from lift_core.models import load_model
-from lift_core.preflight import estimate_training_memory
-from lift_core.training import FinetuneConfig
-from lift_ui import figures, figures_training
+from lift_ui.figures import explorer as figures
+from lift_ui.figures import training as figures_training
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 # A new sparse method is one registry entry: its mask function already exists.

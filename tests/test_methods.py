@@ -5,8 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lift_core.errors import LiftError
-from lift_core.masks import lora_budget
-from lift_core.methods import (
+from lift_core.lowrank.masks import lora_budget
+from lift_core.train.methods import (
     DEFAULT_LRS,
     METHODS,
     SPARSE_METHODS,

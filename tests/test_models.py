@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lift_core.errors import LiftError
-from lift_core.models import (
+from lift_core.models.loading import (
     check_fits_in_memory,
     is_causal_lm,
     layer_role,
@@ -131,7 +131,7 @@ def test_model_too_large_is_refused_from_config(tmp_path, tiny_llama_dir, monkey
                   head_dim=128)
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes(b"")
-    monkeypatch.setattr("lift_core.models.available_memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr("lift_core.models.loading.available_memory_bytes", lambda: 16 * 2**30)
     with pytest.raises(LiftError, match=r"70\.\d+B parameters"):
         check_fits_in_memory(load_config(str(tmp_path)))
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.masks import compute_mask, lora_budget
+from lift_core.lowrank.masks import compute_mask, lora_budget
 import lift_core.optim.update as optim_update
 from lift_core.optim import SparseAdamW
 

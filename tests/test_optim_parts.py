@@ -15,7 +15,7 @@ import torch
 
 import lift_core.optim.update as optim_update
 from lift_core.errors import LiftError
-from lift_core.masks import compute_mask, lora_budget
+from lift_core.lowrank.masks import compute_mask, lora_budget
 from lift_core.optim import (
     AdamWRule,
     GradientGatherer,

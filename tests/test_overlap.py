@@ -1,11 +1,9 @@
-"""lift_core.overlap: set overlaps on hand-made masks and the filter-rank / budget sweeps."""
+"""lift_core.analysis.overlap: set overlaps on hand-made masks and the filter-rank / budget sweeps."""
 
 import pytest
 import torch
 
-from lift_core.errors import LiftError
-from lift_core.masks import lift_mask, lift_smallest_mask, lora_budget, magnitude_mask
-from lift_core.overlap import (
+from lift_core.analysis.overlap import (
     BOTH,
     NEITHER,
     ONLY_A,
@@ -19,6 +17,8 @@ from lift_core.overlap import (
     pairwise_jaccard,
     row_col_counts,
 )
+from lift_core.errors import LiftError
+from lift_core.lowrank.masks import lift_mask, lift_smallest_mask, lora_budget, magnitude_mask
 
 A = torch.tensor([[True, True, False], [False, False, False]])
 B = torch.tensor([[True, False, False], [True, True, False]])

@@ -8,15 +8,15 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lift_core.errors import LiftError
-from lift_core.methods import METHODS, setup_method
-from lift_core.models import meta_model
-from lift_core.preflight import (
+from lift_core.models.loading import meta_model
+from lift_core.models.preflight import (
     check_output_dir,
     check_output_file,
     check_training_fits,
     estimate_training_memory,
 )
-from lift_core.training import FinetuneConfig
+from lift_core.train.config import FinetuneConfig
+from lift_core.train.methods import METHODS, setup_method
 
 _CONFIG = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
@@ -119,7 +119,7 @@ def test_a_run_that_cannot_fit_is_refused_in_one_line(tiny_llama_dir, monkeypatc
     config = FinetuneConfig(model=str(tiny_llama_dir), method="full")
     cpu = torch.device("cpu")
     assert check_training_fits(config, cpu).total_bytes > 0
-    monkeypatch.setattr("lift_core.models.available_memory_bytes", lambda: 200_000)
+    monkeypatch.setattr("lift_core.models.loading.available_memory_bytes", lambda: 200_000)
     message = _one_line_error(check_training_fits, config, cpu)
     assert message.startswith(f"full on {tiny_llama_dir} needs about ")
     assert "optimizer state" in message and "gradients" in message and "free on cpu" in message

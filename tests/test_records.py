@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lift_core.errors import LiftError
-from lift_core.records import (
+from lift_core.runs.records import (
     RECORD_FORMAT,
     TABLE_COLUMNS,
     RunWriter,
@@ -115,7 +115,7 @@ def test_overwrite_touches_only_the_record_and_its_stray_temporary_files(tmp_pat
 def test_atomic_writes_in_parallel_never_share_a_temporary_file(tmp_path):
     import threading
 
-    from lift_core.run_folder import atomic_write
+    from lift_core.jsonio import atomic_write
 
     errors = []
 

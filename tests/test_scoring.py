@@ -1,16 +1,27 @@
-"""lift_core.scoring: one |W_r| scorer for masks, sweeps, analysis and the optimizer's refresh."""
+"""lift_core.lowrank.scoring: one |W_r| scorer for masks, sweeps, analysis and the optimizer's refresh."""
 
 import pytest
 import torch
 
-from lift_core.analysis import analyze_layer
+from lift_core.analysis.layers import analyze_layer
+from lift_core.analysis.overlap import (
+    baseline_masks,
+    jaccard,
+    overlap_vs_budget,
+    overlap_vs_filter_rank,
+)
 from lift_core.errors import LiftError
-from lift_core.masks import lift_mask, lift_smallest_mask, lora_budget, magnitude_mask, top_k_mask
-from lift_core.models import layer_weight, list_linear_layers, load_model
+from lift_core.lowrank.masks import (
+    lift_mask,
+    lift_smallest_mask,
+    lora_budget,
+    magnitude_mask,
+    top_k_mask,
+)
+from lift_core.lowrank.scoring import PrincipalScorer
+from lift_core.lowrank.svd import low_rank_approximation
+from lift_core.models.loading import layer_weight, list_linear_layers, load_model
 from lift_core.optim import SparseAdamW
-from lift_core.overlap import baseline_masks, jaccard, overlap_vs_budget, overlap_vs_filter_rank
-from lift_core.scoring import PrincipalScorer
-from lift_core.svd import low_rank_approximation
 
 
 @pytest.fixture(scope="module")

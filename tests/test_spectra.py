@@ -1,4 +1,4 @@
-"""lift_core.spectra: ranks, energy, Marchenko-Pastur edge and the shuffled-copy spectrum."""
+"""lift_core.lowrank.spectra: ranks, energy, Marchenko-Pastur edge and the shuffled-copy spectrum."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.spectra import (
+from lift_core.lowrank.spectra import (
     SpectrumSummary,
     cumulative_energy,
     effective_rank,

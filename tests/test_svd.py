@@ -1,10 +1,10 @@
-"""lift_core.svd: exact and block-Krylov rank-r approximations, the exact fallback rule."""
+"""lift_core.lowrank.svd: exact and block-Krylov rank-r approximations, the exact fallback rule."""
 
 import pytest
 import torch
 
-from lift_core.spectra import power_law_matrix
-from lift_core.svd import (
+from bench.common import power_law_matrix
+from lift_core.lowrank.svd import (
     RANDOMIZED_MIN_DIM,
     BlockKrylov,
     block_size,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lift_core.errors import LiftError
-from lift_core.tasks import (
+from lift_core.train.tasks import (
     Example,
     extract_answer,
     format_alpaca_prompt,

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from lift_core.optim import SparseAdamW
-from lift_core.records import read_run
-from lift_core.trainer import NonFiniteLoss, Trainer, mask_churn
-from lift_core.training import FinetuneConfig, finetune
+from lift_core.runs.records import read_run
+from lift_core.train.config import FinetuneConfig
+from lift_core.train.loop import finetune
+from lift_core.train.trainer import NonFiniteLoss, Trainer, mask_churn
 from tests.test_training import _save_char_llama
 
 

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from lift_core.errors import LiftError
-from lift_core.records import read_run
-from lift_core.training import FinetuneConfig, finetune, linear_schedule
+from lift_core.runs.records import read_run
+from lift_core.train.config import FinetuneConfig
+from lift_core.train.loop import finetune
+from lift_core.train.trainer import linear_schedule
 
 SUMMARY_FIELDS = {
     "method", "status", "error", "target_acc", "source_acc", "target_acc_before",
@@ -21,7 +23,7 @@ def _save_char_llama(path, *, poison=False):
     """A random 2-block Llama with the built-in character tokenizer, saved like a real one."""
     from transformers import LlamaForCausalLM
 
-    from lift_core.builtin_model import BuiltinRecipe, build_config, build_tokenizer
+    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
 
     tokenizer = build_tokenizer()
     recipe = BuiltinRecipe(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from lift_core.checks import check_filter_rank, check_svd_mode
 from lift_core.errors import LiftError
-from lift_core.masks import MASK_STRATEGIES, compute_mask, lora_budget
+from lift_core.lowrank.masks import MASK_STRATEGIES, compute_mask, lora_budget
 from lift_core.optim.update import zero_moments
-from lift_core.svd import check_filter_rank, check_svd_mode
 
 # Flat indices fit int32 (4 bytes) below this many entries; larger matrices need int64.
 _INT32_NUMEL_LIMIT = 2**31

@@ -7,7 +7,7 @@ is dense AdamW with the same rule, so "full fine-tuning" and LIFT differ only in
 entries move.
 
 Group settings (each also a constructor default): ``mask`` (a name in
-:data:`lift_core.masks.MASK_STRATEGIES`, or None for a dense group), ``lora_rank`` (budget
+:data:`lift_core.lowrank.masks.MASK_STRATEGIES`, or None for a dense group), ``lora_rank`` (budget
 k = ``lora_budget(shape, lora_rank)``), ``filter_rank``, ``update_interval`` (steps between
 mask refreshes; None keeps the first mask), ``svd`` ("exact" or "randomized"), ``seed``.
 Masked parameters must be contiguous 2-D tensors; a GPT-2 Conv1D weight stored (in, out)

@@ -1,0 +1,191 @@
+"""Fine-tune a causal LM with LIFT or a baseline, evaluating and recording as it goes.
+
+:func:`finetune` is the one training loop the app, the CLI and the sample runs share: a
+:class:`~lift_core.train.trainer.Trainer` loads the model and data; the loop measures source
+and target accuracy before training, takes the trainer's steps, evaluates every
+``eval_every`` steps and at the end, and writes a run record (:mod:`lift_core.runs.records`).
+A run ends "completed", "stopped" (stop_event set or Ctrl-C) or "failed" (NaN loss, out of
+memory). The settings live in :mod:`lift_core.train.config`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from lift_core.errors import LiftError
+from lift_core.runs.records import RunRecorder, library_versions
+from lift_core.train.config import FinetuneConfig, config_record
+from lift_core.train.trainer import NonFiniteLoss, Trainer, is_out_of_memory
+
+
+def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Event | None = None,
+             progress: bool | None = None) -> dict:
+    """Run one fine-tuning job and return its summary (also written to summary.json).
+
+    Args:
+        config: the run's settings.
+        callbacks: None, one callback or a list. A callback is a callable that receives each
+            metrics row (dict) as it is recorded, or an object with ``on_metrics(row)``
+            and/or ``on_end(summary)``. Callbacks run in the training thread.
+        stop_event: set it (from any thread) to stop after the current step or evaluation
+            batch; the run ends with status "stopped", its record intact and *no* final
+            evaluation (the summary keeps the accuracies of the last complete evaluation,
+            at step ``eval_step``).
+        progress: show a tqdm bar on stderr; None shows it only when no callbacks are given
+            (the CLI), so the app, which passes callbacks, gets none.
+
+    Returns:
+        The summary dict (see docs/training.md, "Run record").
+
+    Raises:
+        LiftError: for bad settings, data or models (before anything is trained).
+    """
+    run = _Run(config, callbacks=callbacks, stop_event=stop_event,
+               progress=(callbacks is None) if progress is None else progress)
+    return run.execute()
+
+
+def run_config_record(trainer: Trainer) -> dict:
+    """config.json of a set-up run: the settings, device, versions, data sizes and budget."""
+    rows = trainer.method_setup.layers
+    block_entries = sum(r["shape"][0] * r["shape"][1] for r in rows)
+    return {
+        **config_record(trainer.config),
+        "device_used": str(trainer.device),
+        "mixed_precision": trainer.accelerator.mixed_precision,
+        "versions": library_versions(),
+        "model_params": trainer.model_params,
+        "data": {**{k: len(v) for k, v in trainer.data.items()},
+                 "train_dropped": trainer.batches.dropped},
+        "budget": {
+            "trainable_params": trainer.trainable_params,
+            "block_linear_entries": block_entries,
+            "trainable_fraction": trainer.trainable_params / block_entries,
+            "clipped_layers": trainer.method_setup.clipped_layers,
+            "layers": rows,
+        },
+    }
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+class _StopRequested(Exception):
+    """Raised inside the run when stop_event is set; ends it with status "stopped"."""
+
+
+class _Run:
+    """One call of :func:`finetune`: the trainer, the record, the status and the clock."""
+
+    def __init__(self, config: FinetuneConfig, *, callbacks, stop_event, progress: bool):
+        self.config, self.stop_event, self.progress = config, stop_event, progress
+        self.recorder = RunRecorder(config.out_dir, overwrite=config.overwrite,
+                                    callbacks=callbacks)
+        self.trainer = Trainer(config)
+        self.status, self.error = "running", None
+        self.train_seconds, self.last_loss = 0.0, None
+        self.acc: dict = {}
+        self.before: dict = {}
+
+    def execute(self) -> dict:
+        cfg = self.config
+        self.start = time.perf_counter()
+        try:
+            self.trainer.setup()
+            self.recorder.start(run_config_record(self.trainer))
+        except BaseException as exc:
+            if is_out_of_memory(exc):  # nothing recorded yet: a one-line user error
+                raise LiftError(f"out of memory while setting up {cfg.model} for {cfg.method}: "
+                                "try a smaller model, --lora-rank or --device cpu") from exc
+            raise
+        try:
+            self._evaluate(0, before=True)
+            self._train()
+            self.status = "completed"
+        except NonFiniteLoss as exc:
+            self.status, self.error = "failed", str(exc)
+        except _StopRequested:
+            self.status, self.error = "stopped", "stopped on request"
+        except KeyboardInterrupt:
+            self._finish("stopped", "interrupted by the user (Ctrl-C)")
+            raise
+        except BaseException as exc:
+            if not is_out_of_memory(exc):  # a bug or a LiftError: record it, keep the traceback
+                text = str(exc) if isinstance(exc, LiftError) else f"{type(exc).__name__}: {exc}"
+                self._finish("failed", (text.strip().splitlines() or [text])[0])
+                raise
+            self.status = "failed"
+            self.error = (f"out of memory on {self.trainer.device.type} at step "
+                          f"{self.trainer.steps_done + 1}: "
+                          "try a smaller --batch-size or --lora-rank, or a smaller model")
+        return self._finish(self.status, self.error)
+
+    def _train(self) -> None:
+        from tqdm import tqdm
+
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, disable=not self.progress, unit="step",
+                   desc=f"{cfg.method}", dynamic_ncols=True)
+        try:
+            for step in range(1, cfg.steps + 1):
+                self._check_stop()
+                began = time.perf_counter()
+                row = self.trainer.step()
+                self.train_seconds += time.perf_counter() - began
+                self.last_loss = row["loss"]
+                row["elapsed"] = self._elapsed()
+                try:
+                    if step % cfg.eval_every == 0 or step == cfg.steps:
+                        row.update(self._evaluate(step))
+                finally:  # a stop during the evaluation still records the step
+                    self.recorder.row(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+        finally:
+            bar.close()
+
+    def _check_stop(self) -> None:
+        if self.stop_event is not None and self.stop_event.is_set():
+            raise _StopRequested()
+
+    def _evaluate(self, step: int, *, before: bool = False) -> dict:
+        result = self.trainer.evaluate(between_batches=self._check_stop)
+        self.acc = {**result, "eval_step": step}
+        if before:
+            self.before = dict(result)
+            self.recorder.row({"step": 0, **result, "elapsed": self._elapsed()})
+        return result
+
+    def _elapsed(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
+
+    def _finish(self, status: str, error: str | None) -> dict:
+        self.status, self.error = status, error
+        self.trainer.close()  # the caller may keep the model: no gradient hooks left on it
+        summary = self._summary()
+        self.recorder.end(summary)
+        return summary
+
+    def _summary(self) -> dict:
+        cfg, before, trainer = self.config, self.before, self.trainer
+        target, source = self.acc.get("target_acc"), self.acc.get("source_acc")
+        source_before, steps_done = before.get("source_acc"), trainer.steps_done
+        return {
+            "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
+            "status": self.status, "error": self.error,
+            "steps": cfg.steps, "steps_done": steps_done, "lr_used": cfg.lr_used,
+            "target_acc": target, "source_acc": source,
+            "target_acc_before": before.get("target_acc"), "source_acc_before": source_before,
+            "forgetting": (source_before - source) if None not in (source, source_before) else None,
+            "eval_step": self.acc.get("eval_step"), "final_loss": self.last_loss,
+            "trainable_params": trainer.trainable_params,
+            "budget_clipped_layers": len(trainer.method_setup.clipped_layers),
+            "optimizer_state_bytes": int(trainer.optimizer.state_bytes()),
+            "peak_memory_bytes": trainer.memory.result(),
+            "peak_memory_measure": trainer.memory.how,
+            "mask_refreshes": trainer.mask_refreshes, "device": str(trainer.device),
+            "wall_seconds": round(time.perf_counter() - self.start, 3),
+            "train_seconds": round(self.train_seconds, 3),
+            "seconds_per_step": (self.train_seconds / steps_done) if steps_done else None,
+        }

@@ -1,0 +1,155 @@
+"""The live job panel of the training pages: the running (or last) job, its charts, Stop.
+
+The panel is a fragment that re-reads the run record every ~1.5 s while the job runs and
+stops polling when it ends. It says how a run ended from the record itself: completed,
+stopped, failed (with the reason), or interrupted (its process died without a summary,
+e.g. killed), and shows the last lines of the job's log when something went wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from lift_core.runs.compare import read_compare
+from lift_core.runs.jobs import Job
+from lift_core.train.registry import method_names
+from lift_ui.figures import training as figs
+from lift_ui.run_data import long_metrics, optimizer_state_bytes, progress_numbers, read_record, tradeoff_points
+from lift_ui.train_form import POLL_SECONDS, command_text, manager
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
+
+
+def job_panel(kinds: tuple[str, ...], *, key: str) -> None:
+    """The running job (whatever launched it), or the last job of one of ``kinds``."""
+    mgr = manager()
+    job = mgr.active()
+    if job is None:
+        last = mgr.last()
+        if last is None or last.extra.get("kind") not in kinds:
+            return
+        job = last
+    alive = job.is_alive()
+    st.subheader(("Running: " if alive else "Last job: ") + job.label)
+    where = st
+    if alive:
+        stop_col, where = st.columns([1, 5])
+        if stop_col.button("Stop", key=f"{key}_stop", icon=":material/stop:"):
+            with st.spinner("Stopping after the current step…"):
+                mgr.stop()
+            st.rerun()
+    with where.expander("Command line of this job"):
+        st.code(command_text(job.argv[3:]) if job.argv[1:3] == ["-m", "lift_core"] else job.command_line,
+                language="bash", wrap_lines=True)
+    _live(job, alive, key)
+
+
+def _live(job: Job, polling: bool, key: str) -> None:
+    @st.fragment(run_every=POLL_SECONDS if polling else None)
+    def panel():
+        if polling and not job.is_alive():
+            st.rerun()  # the job ended: redraw the page once, without polling
+        if job.extra.get("kind") == "compare":
+            compare_view(job, key)
+        else:
+            run_view(job, key)
+
+    panel()
+
+
+def _status_box(status: str, error: str | None, job: Job) -> None:
+    if status in ("failed", "interrupted") or (status == "running" and not job.is_alive()):
+        what = {"failed": "failed", "interrupted": "was interrupted"}.get(status, "ended without a summary")
+        st.error(f"The run {what}" + (f": {error}" if error else "") + ". Last lines of the job's log:")
+        st.code(job.log_tail(15) or "(empty log)")
+    elif status == "stopped":
+        st.warning("Stopped on request; the record is intact (the accuracies are from the last evaluation).")
+    elif status == "completed":
+        st.success("Completed.")
+
+
+def run_view(job: Job, key: str) -> None:
+    """Live charts of a single run: progress, budget, loss, accuracies, mask churn."""
+    steps = int(job.extra.get("steps") or 0)
+    record = read_record(job.run_dirs[0])
+    if record is None:
+        if job.is_alive():
+            st.info("Starting: loading the model and measuring accuracy before training…")
+        else:
+            _status_box("failed", None, job)
+        return
+    steps = int(record.config.get("steps") or steps)
+    nums = progress_numbers(record, steps, time.time() - job.started if job.is_alive() else None)
+    st.progress(min(nums["done"] / max(steps, 1), 1.0),
+                text=f"step {nums['done']}/{steps} · elapsed {_clock(nums['elapsed'])} · ETA {_clock(nums['eta'])}")
+    _status_box(record.status, record.note, job)
+    budget = record.config.get("budget") or {}
+    state_bytes, exact = optimizer_state_bytes(record)
+    m = record.metrics
+    evals = m[m["target_acc"].notna()] if "target_acc" in m else m.iloc[0:0]
+    c = st.columns(4)
+    if budget:
+        c[0].metric("Trainable numbers", f"{budget['trainable_params']:,}",
+                    help=f"{budget['trainable_fraction']:.2%} of the block-linear entries")
+    if state_bytes is not None:
+        c[1].metric("Optimizer state" + ("" if exact else " (est.)"), f"{state_bytes / 2**10:,.0f} KiB")
+    if len(evals):
+        first, last = evals.iloc[0], evals.iloc[-1]
+        for col, name in ((c[2], "target"), (c[3], "source")):
+            change = last[f"{name}_acc"] - first[f"{name}_acc"]
+            col.metric(f"{name.capitalize()} accuracy", _pct(last[f"{name}_acc"]),
+                       f"{100 * change:+.1f} pt since step 0" if len(evals) > 1 else None,
+                       help=f"at step {int(last['step'])}")
+    data = long_metrics({record.config.get("method", "run"): record})
+    log_y = st.toggle("Log-scale loss", key=f"{key}_log")
+    left, right = st.columns(2)
+    left.plotly_chart(figs.loss_figure(data, log_y=log_y, steps=steps), key=f"{key}_loss")
+    if record.config.get("method") in method_names("sparse"):
+        right.plotly_chart(figs.churn_figure(data, steps=steps), key=f"{key}_churn")
+        right.caption("Share of the mask replaced at each refresh (every "
+                      f"{record.config.get('update_interval')} steps), over all matrices.")
+    else:
+        right.info(f"{record.config.get('method')} has no mask, so there is no mask churn to show.")
+    st.plotly_chart(figs.accuracy_figure(data, steps=steps), key=f"{key}_acc")
+
+
+def compare_view(job: Job, key: str) -> None:
+    """Live overlay of a comparison: accuracies and loss per method, then the trade-off."""
+    out = Path(job.run_dirs[0]).parent
+    state = read_compare(out) or {"runs": [{"method": Path(d).name, "path": d, "status": "pending"}
+                                           for d in job.run_dirs]}
+    records = {e["method"]: r for e in state["runs"] if (r := read_record(e["path"])) is not None}
+    for entry in state["runs"]:  # compare.json says "running" for a run that was killed
+        if entry["status"] == "running" and entry["method"] in records:
+            entry["status"] = records[entry["method"]].status
+    steps = int(job.extra.get("steps") or 1)
+    done = sum(progress_numbers(r, steps)["done"] for r in records.values())
+    total = steps * len(state["runs"])
+    st.progress(min(done / total, 1.0), text=f"{done}/{total} steps over {len(state['runs'])} runs · "
+                + " · ".join(f"{e['method']}: {e['status']}" for e in state["runs"]))
+    if state.get("status") not in (None, "running") or not job.is_alive():
+        _status_box(state.get("status", "running"), None, job)
+    if not records:
+        if job.is_alive():
+            st.info("Starting the first run…")
+        return
+    data = long_metrics(records)
+    st.plotly_chart(figs.accuracy_figure(data, steps=steps), key=f"{key}_acc")
+    left, right = st.columns(2)
+    left.plotly_chart(figs.loss_figure(data, steps=steps, log_y=True), key=f"{key}_loss")
+    right.plotly_chart(figs.tradeoff_figure(tradeoff_points(records)), key=f"{key}_tradeoff")
+    right.caption("Each point is a method at its latest evaluation. Up is more learned, left is "
+                  "less forgotten: the paper's claim is that LIFT sits up and to the left.")
