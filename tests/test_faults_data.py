@@ -166,7 +166,7 @@ def _records(n_long, n_fitting):
 
 def test_prompts_that_fill_max_length_are_dropped_with_a_warning(char_llama, tmp_path, caplog):
     data = _jsonl(tmp_path / "train.jsonl", _records(n_long=3, n_fitting=5))
-    logger = logging.getLogger("lift_core.train.loop")  # its own handler: the CLI may stop
+    logger = logging.getLogger("lift_core.train.data")  # its own handler: the CLI may stop
     logger.addHandler(caplog.handler)                 # propagation at "lift_core"
     try:
         summary = finetune(_quick(char_llama, train_data=str(data), out_dir=str(tmp_path / "run")),
