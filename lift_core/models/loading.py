@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lift_core.allowed_paths import MODEL_ROOTS_ENV, allowed_roots, confine
 from lift_core.errors import LiftError
 
 
@@ -153,15 +154,9 @@ def layers_table(model: nn.Module):
 # --- resolving and loading -------------------------------------------------------------
 
 
-MODEL_ROOTS_ENV = "LIFT_MODEL_ROOTS"
-
-
 def allowed_model_roots() -> list[Path] | None:
-    """The folders local models must live in (``LIFT_MODEL_ROOTS``, os.pathsep-separated,
-    symlinks resolved), or None when the variable is unset or empty: no restriction."""
-    entries = [e.strip() for e in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep)]
-    roots = [Path(e).expanduser().resolve() for e in entries if e]
-    return roots or None
+    """The folders local models must live in (``LIFT_MODEL_ROOTS``), or None: no limit."""
+    return allowed_roots(MODEL_ROOTS_ENV)
 
 
 def resolve_model_source(name_or_dir: str) -> str:
@@ -200,12 +195,8 @@ def resolve_model_source(name_or_dir: str) -> str:
 
 
 def _inside_roots(name: str, path: Path, roots: list[Path]) -> Path:
-    resolved = path.resolve()
-    if not any(resolved == root or root in resolved.parents for root in roots):
-        raise LiftError(f"model path {name} is outside the allowed model folders "
-                        f"({MODEL_ROOTS_ENV}); use a directory under them, an embedded model "
-                        "or a hub id")
-    return resolved
+    return confine(name, MODEL_ROOTS_ENV, "model path", "model folders",
+                   "use a directory under them, an embedded model or a hub id")
 
 
 def _check_local_dir(path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lift_core.checks import SVD_MODES, check_svd_mode
+from lift_core.allowed_paths import DATA_ROOTS_ENV, confine
 from lift_core.errors import LiftError
 from lift_core.models.preflight import check_output_dir
 from lift_core.train.registry import PRINCIPAL_METHOD, check_method, default_lr, method_names
@@ -113,6 +114,9 @@ class FinetuneConfig:
             check_output_dir(self.out_dir)
         for name in ("train_data", "target_eval", "source_eval"):
             path = getattr(self, name)
+            if path is not None:  # confined first: a shared server reveals no other file
+                path = confine(path, DATA_ROOTS_ENV, "data file", "data folders",
+                               "put the file in one of them")
             if path is not None and not Path(path).expanduser().is_file():
                 what = ("is a folder, not a file" if Path(path).expanduser().is_dir()
                         else "does not exist")
