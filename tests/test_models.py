@@ -215,3 +215,84 @@ def test_model_roots_refuse_everything_else_with_one_message(model_roots, tiny_l
     assert str(info.value) == (f"model path {name} is outside the allowed model folders "
                                "(LIFT_MODEL_ROOTS); use a directory under them, an embedded "
                                "model or a hub id")
+
+
+# --- issue 15 item 5: roles of fused and Falcon layers, the layers table, <eos> ----------
+
+
+def _tiny(config_class, **settings):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config_class(**settings))
+
+
+def test_phi3_fused_gate_up_is_labelled_gate_up():
+    from transformers import Phi3Config
+
+    model = _tiny(Phi3Config, vocab_size=64, hidden_size=32, intermediate_size=48,
+                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                  pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    roles = {l.role: l.shape for l in list_linear_layers(model) if l.block == 0}
+    assert roles["gate_up"] == (2 * 48, 32) and "gate" not in roles
+    assert set(roles) == {"qkv", "o", "gate_up", "down"}
+
+
+def test_falcon_attention_dense_is_labelled_o():
+    from transformers import FalconConfig
+
+    model = _tiny(FalconConfig, vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                  num_attention_heads=4)
+    roles = [l.role for l in list_linear_layers(model) if l.block == 0]
+    assert roles == ["qkv", "o", "up", "down"]
+
+
+def test_layers_table_blocks_are_integers_with_none_outside(minilm):
+    table = layers_table(minilm)
+    assert str(table.block.dtype) == "Int64"
+    assert table.block.iloc[0] == 0 and table.block.isna().sum() == 1  # the pooler
+
+
+def test_layers_cli_prints_integer_blocks_and_no_loading_bar(capsys):
+    from lift_core.cli.main import main
+
+    assert main(["layers", "--model", "minilm"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[1].split()[1] == "0" and "0.0" not in out and "NaN" not in out
+    assert lines[-1].split()[:2] == ["pooler.dense", "dense"]  # blank block outside
+    assert "Loading weights" not in err + out
+
+
+def test_layers_into_a_closed_pipe_exits_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lift_core", "layers", "--model", "minilm"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head` that has read its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_tokenizer_without_eos_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
+    from lift_core.train.config import FinetuneConfig
+    from lift_core.train.loop import finetune
+
+    tokenizer = build_tokenizer()
+    recipe = BuiltinRecipe(hidden_size=32, num_layers=1, num_heads=4, intermediate_size=48)
+    LlamaForCausalLM(build_config(recipe, tokenizer)).save_pretrained(tmp_path / "m")
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(tmp_path / "m")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("lift_core.models.loading.load_model", no_loading)
+    out = tmp_path / "run"
+    with pytest.raises(LiftError, match="no end-of-sequence token"):
+        finetune(FinetuneConfig(model=str(tmp_path / "m"), steps=1, out_dir=str(out)))
+    assert not (out / "summary.json").exists() and not (out / "config.json").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,10 +94,15 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_layers(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from lift_core.models.loading import layers_table, load_model
 
+    hf_logging.disable_progress_bar()  # stdout is the table; no loading bar around it
     model = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    print(layers_table(model).to_string(index=False))
+    table = layers_table(model)
+    table["block"] = table["block"].astype("string").fillna("")  # blank outside the blocks
+    print(table.to_string(index=False))
     return 0
 
 
@@ -116,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         from lift_core.cli.compare import add_compare_parser
 
         add_compare_parser(sub)
+        from lift_core.cli.diff import add_diff_parser
+
+        add_diff_parser(sub)
     return parser
 
 
@@ -133,16 +142,28 @@ def _show_warnings() -> None:
         logger.propagate = False
 
 
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; point it at /dev/null so that raises nothing.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     _show_warnings()
     try:
         if hasattr(args, "handler"):
-            return args.handler(args)
-        from lift_core.cli.finetune import run_finetune
+            code = args.handler(args)
+        else:
+            from lift_core.cli.finetune import run_finetune
 
-        return run_finetune(args)
+            code = run_finetune(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        _silence_stdout()  # `layers | head`: the reader has what it wanted
+        return 0
     except LiftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

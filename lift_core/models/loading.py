@@ -53,7 +53,8 @@ _LEAF_ROLES = {
     **dict.fromkeys(["v_proj", "value", "v", "wv", "v_lin"], "v"),
     **dict.fromkeys(["c_attn", "qkv_proj", "query_key_value", "Wqkv", "qkv"], "qkv"),
     **dict.fromkeys(["o_proj", "out_proj", "wo", "out_lin"], "o"),
-    **dict.fromkeys(["gate_proj", "w1", "gate_up_proj"], "gate"),
+    **dict.fromkeys(["gate_proj", "w1"], "gate"),
+    "gate_up_proj": "gate_up",  # Phi-3: gate and up fused in one matrix
     **dict.fromkeys(["up_proj", "w3", "c_fc", "fc1", "lin1", "dense_h_to_4h"], "up"),
     **dict.fromkeys(["down_proj", "w2", "fc2", "lin2", "dense_4h_to_h"], "down"),
     **dict.fromkeys(["lm_head", "embed_out"], "lm_head"),
@@ -88,7 +89,8 @@ def layer_role(name: str) -> str:
     if leaf in _LEAF_ROLES:
         return _LEAF_ROLES[leaf]
     if leaf == "dense":  # BERT-style blocks reuse the name "dense" three times
-        if "attention" in parts:
+        # BERT: attention.output.dense; Falcon: self_attention.dense
+        if any(p.endswith("attention") for p in parts):
             return "o"
         return {"intermediate": "up", "output": "down"}.get(parent, leaf)
     if leaf == "c_proj":  # GPT-2 uses c_proj for both the attention output and the MLP
@@ -148,7 +150,10 @@ def layers_table(model: nn.Module):
          "in": l.shape[1], "params": l.numel}
         for l in list_linear_layers(model)
     ]
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Nullable integers: block 0, 1, ... and <NA> outside the blocks, never 0.0 / NaN.
+    table["block"] = table["block"].astype("Int64")
+    return table
 
 
 # --- resolving and loading -------------------------------------------------------------
@@ -350,8 +355,14 @@ def _has_tokenizer_files(path: Path) -> bool:
                for f in path.iterdir())
 
 
-def load_tokenizer(name_or_dir: str, *, trust_remote_code: bool = False):
-    """Load the tokenizer that ships with a model (alias, directory or hub id)."""
+def load_tokenizer(name_or_dir: str, *, trust_remote_code: bool = False,
+                   require_eos: bool = False):
+    """Load the tokenizer that ships with a model (alias, directory or hub id).
+
+    Args:
+        require_eos: refuse a tokenizer without an end-of-sequence token (fine-tuning
+            ends every answer with it), so a run fails before its model loads.
+    """
     from transformers import AutoTokenizer
 
     source = resolve_model_source(name_or_dir)
@@ -365,6 +376,9 @@ def load_tokenizer(name_or_dir: str, *, trust_remote_code: bool = False):
                 "tokenizer.save_pretrained(...)"
             ) from exc
         raise _loading_error(name_or_dir, source, exc) from exc
+    if require_eos and tok.eos_token_id is None:
+        raise LiftError(f"the tokenizer of {name_or_dir} has no end-of-sequence token, so "
+                        "answers cannot end; give it one (tokenizer.eos_token) and save it")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

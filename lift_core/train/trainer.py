@@ -78,8 +78,10 @@ class Trainer:
         if model is None:
             check_training_fits(cfg, self.device)  # from the config alone, before allocating
             self.data = load_run_data(cfg)
+            # The tokenizer first: one without <eos> is refused before the model loads.
+            self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
+                                            require_eos=True)
             model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code)
-            self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
         self.model_params = sum(p.numel() for p in model.parameters())
         self._set_up_method(model.to(self.device))
         if self.data:
