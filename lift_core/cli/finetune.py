@@ -17,6 +17,8 @@ import threading
 import warnings
 from contextlib import contextmanager
 
+from lift_core.errors import LiftError
+from lift_core.jsonio import read_json_object
 from lift_core.runs.records import evaluated_after_training
 from lift_core.train.config import FinetuneConfig
 from lift_core.train.options import OPTION_FLAGS, add_config_options, given_values
@@ -33,16 +35,41 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                     "measuring target accuracy and forgetting; writes config.json, "
                     "metrics.jsonl and summary.json to --out.",
         epilog=f"Methods: {methods_help()}.")
-    add_config_options(p, FinetuneConfig, flags=OPTION_FLAGS, required={"out_dir"},
-                       metavars=_METAVARS)
+    add_config_options(p, FinetuneConfig, flags=OPTION_FLAGS, metavars=_METAVARS)
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the stopped, failed or killed run in RUN_DIR from its last "
+                        "checkpoint (its settings come from its config.json; no other options)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_finetune)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    """A FinetuneConfig from parsed arguments; options not given keep the config defaults."""
-    return FinetuneConfig(**given_values(args, FinetuneConfig))
+    """A FinetuneConfig from parsed arguments; options not given keep the config defaults.
+
+    With ``--resume RUN_DIR``: the settings of that run's config.json, writing to RUN_DIR.
+    """
+    given = given_values(args, FinetuneConfig)
+    if getattr(args, "resume", None):
+        if given:
+            raise LiftError("--resume takes no other settings: the run continues with those in "
+                            "its config.json")
+        return resumed_config(args.resume)
+    if "out_dir" not in given:
+        raise LiftError("finetune needs --out DIR (the run folder), or --resume RUN_DIR")
+    return FinetuneConfig(**given)
+
+
+def resumed_config(run_dir: str) -> FinetuneConfig:
+    """The settings of the run in ``run_dir`` (its config.json), to continue it there."""
+    from dataclasses import fields
+
+    from lift_core.runs.folder import check_resumable
+
+    record = read_json_object(check_resumable(run_dir) / "config.json")
+    names = {f.name for f in fields(FinetuneConfig)}
+    settings = {k: v for k, v in record.items() if k in names}
+    return FinetuneConfig(**{**settings, "out_dir": str(run_dir), "overwrite": False})
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -67,7 +94,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     stop = threading.Event()
     with stop_on_sigterm(stop):
-        summary = finetune(config, stop_event=stop, progress=not args.no_progress)
+        summary = finetune(config, stop_event=stop, progress=not args.no_progress,
+                           resume=bool(getattr(args, "resume", None)))
     print(summary_paragraph(summary, config.out_dir))
     if summary["status"] == "stopped":
         print(f"stopped: {summary['error']}", file=sys.stderr)

@@ -10,9 +10,11 @@ The claim also reserves a few KiB on disk, so a run that fills the disk can stil
 place that it failed.
 
 A run record is ``config.json`` (a run's: ``"format": "lift-run/..."``), ``metrics.jsonl``,
-``summary.json``, the claim and this module's temporary files. ``overwrite`` replaces those
-and nothing else; a folder with model files, sub-folders, a config.json that is not a run's,
-or (without a run's config.json) any other file is never written. docs/reliability.md.
+``summary.json``, the claim and this module's temporary files, and beside a run's config.json
+what the run saved (``RUN_OUTPUTS``: ``model/``, ``adapter/``, ``checkpoint/``,
+``delta.safetensors``). ``overwrite`` replaces those and nothing else; a folder with other
+model files or sub-folders, a config.json that is not a run's, or (without a run's
+config.json) any other file is never written. docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -41,6 +44,10 @@ CLAIM_BYTES = 4096
 MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5",
                ".msgpack", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                "special_tokens_map.json", "generation_config.json", "vocab.txt", "merges.txt")
+
+# What a run itself may leave beside its record (lift_core.train.export / checkpoint): the
+# fine-tuned model, its sparse delta, a LoRA-family adapter, the latest checkpoint.
+RUN_OUTPUTS = ("model", "adapter", "checkpoint", "delta.safetensors")
 
 _HELD: set[str] = set()  # tokens of the claims this process holds (its own pid is alive)
 
@@ -130,7 +137,7 @@ def foreign_entries(folder: Path) -> list[str]:
         name = entry.name
         if name in (METRICS_FILE, SUMMARY_FILE) or _ours(name):
             continue
-        if name == CONFIG_FILE:
+        if name == CONFIG_FILE or name in RUN_OUTPUTS:
             ok = run_config
         else:
             ok = run_config and entry.is_file() and not name.endswith(MODEL_FILES)
@@ -172,6 +179,25 @@ def _check_contents(path: Path, *, overwrite: bool, claim: dict | None) -> None:
         )
 
 
+def check_resumable(path: str | os.PathLike) -> Path:
+    """Raise LiftError unless ``path`` holds a run record with a checkpoint and no live writer.
+
+    Returns:
+        The folder as a Path.
+    """
+    path = Path(path).expanduser()
+    if not _is_run_config(path / CONFIG_FILE):
+        raise LiftError(f"{path} is not a run folder (no run config.json); --resume takes the "
+                        "--out folder of an earlier finetune run")
+    if not any((path / name).is_dir() for name in ("checkpoint", ".lift-checkpoint-previous")):
+        raise LiftError(f"run folder {path} has no checkpoint to resume from (start runs with "
+                        "--checkpoint-every N to be able to resume them)")
+    claim = read_claim(path)
+    if claim is not None and not claim.get("status") and owner_state(claim) != "dead":
+        raise _in_use(path, claim)
+    return path
+
+
 def _ours(name: str) -> bool:
     return name == CLAIM_FILE or _is_temp(name) or name.startswith(".lift-")
 
@@ -182,7 +208,10 @@ def prepare_claimed(folder: Path, *, overwrite: bool) -> None:
     if any(not _ours(entry.name) for entry in folder.iterdir()):
         _check_contents(folder, overwrite=overwrite, claim=None)
     for entry in folder.iterdir():
-        if entry.name in RECORD_FILES or _is_temp(entry.name) and not entry.name.startswith(".lift-"):
+        if entry.name in RUN_OUTPUTS and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)  # an earlier run's model or checkpoint is part of its record
+        elif entry.name in RECORD_FILES + RUN_OUTPUTS or (
+                _is_temp(entry.name) and not entry.name.startswith(".lift-")):
             entry.unlink(missing_ok=True)
 
 

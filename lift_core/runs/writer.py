@@ -17,7 +17,8 @@ from pathlib import Path
 from lift_core.errors import RecordWriteError
 from lift_core.jsonio import to_json, write_all, write_json
 from lift_core.runs.folder import (
-    CONFIG_FILE, METRICS_FILE, RECORD_FORMAT, SUMMARY_FILE, RunClaim, check_out_dir, prepare_claimed,
+    CONFIG_FILE, METRICS_FILE, RECORD_FORMAT, SUMMARY_FILE, RunClaim, check_out_dir, check_resumable,
+    prepare_claimed,
 )
 
 
@@ -34,16 +35,19 @@ class RunWriter:
             use by a live run, or is non-empty and ``overwrite`` is False.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, overwrite: bool = False):
+    def __init__(self, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                 resume: bool = False):
         self.path = Path(out_dir).expanduser()
-        check_out_dir(self.path, overwrite=overwrite)
+        # resume: continue the record in place (its checkpoint decides where; nothing deleted)
+        check_resumable(self.path) if resume else check_out_dir(self.path, overwrite=overwrite)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._claim = RunClaim.acquire(self.path, overwrite=overwrite)
+            self._claim = RunClaim.acquire(self.path, overwrite=overwrite or resume)
         except OSError as exc:
             raise RecordWriteError(f"cannot start a run record in {self.path}: {exc.strerror or exc}") from None
         try:
-            prepare_claimed(self.path, overwrite=overwrite)
+            if not resume:
+                prepare_claimed(self.path, overwrite=overwrite)
             self._metrics = os.open(self.path / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             self._claim.release()
@@ -110,10 +114,11 @@ class RunRecorder:
     checked here, before anything slow happens, and created only by :meth:`start`.
     """
 
-    def __init__(self, out_dir=None, *, overwrite: bool = False, callbacks=None):
-        self.out_dir, self.overwrite, self.writer = out_dir, overwrite, None
+    def __init__(self, out_dir=None, *, overwrite: bool = False, callbacks=None,
+                 resume: bool = False):
+        self.out_dir, self.overwrite, self.resume, self.writer = out_dir, overwrite, resume, None
         if out_dir:
-            check_out_dir(out_dir, overwrite=overwrite)
+            check_resumable(out_dir) if resume else check_out_dir(out_dir, overwrite=overwrite)
         if callbacks is None:
             callbacks = []
         elif callable(callbacks) or hasattr(callbacks, "on_metrics") or hasattr(callbacks, "on_end"):
@@ -123,7 +128,7 @@ class RunRecorder:
     def start(self, config: dict) -> None:
         """Claim the run directory and write config.json."""
         if self.out_dir:
-            self.writer = RunWriter(self.out_dir, overwrite=self.overwrite)
+            self.writer = RunWriter(self.out_dir, overwrite=self.overwrite, resume=self.resume)
             try:
                 self.writer.write_config(config)
             except BaseException:

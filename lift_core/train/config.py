@@ -85,6 +85,14 @@ class FinetuneConfig:
     """torch CPU threads; unset: torch's choice."""
     trust_remote_code: bool = False
     """Allow a hub model's own Python code to run (off by default)."""
+    save: bool = True
+    """Keep the fine-tuned model in the run folder: model/ (and delta.safetensors for sparse
+    methods) or the LoRA-family adapter in adapter/ (docs/training.md)."""
+    merge: bool = False
+    """LoRA family: also write the adapter merged into full weights to model/."""
+    checkpoint_every: int | None = None
+    """Write a checkpoint (checkpoint/ in the run folder) every this many steps, so that
+    finetune --resume can continue a stopped or killed run; unset: none."""
 
     @staticmethod
     def choices() -> dict[str, tuple[str, ...]]:
@@ -100,7 +108,7 @@ class FinetuneConfig:
                      "eval_every", "eval_batch_size", "train_examples",
                      "max_length"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("eval_limit", "threads", "max_new_tokens"):
+        for name in ("eval_limit", "threads", "max_new_tokens", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         _check_int("seed", self.seed, 0)

@@ -10,8 +10,11 @@ memory). The settings live in :mod:`lift_core.train.config`.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
+from pathlib import Path
 
 from lift_core.errors import LiftError
 from lift_core.runs.records import RunRecorder, library_versions
@@ -20,7 +23,7 @@ from lift_core.train.trainer import NonFiniteLoss, Trainer, is_out_of_memory
 
 
 def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Event | None = None,
-             progress: bool | None = None) -> dict:
+             progress: bool | None = None, resume: bool = False) -> dict:
     """Run one fine-tuning job and return its summary (also written to summary.json).
 
     Args:
@@ -34,6 +37,8 @@ def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Ev
             at step ``eval_step``).
         progress: show a tqdm bar on stderr; None shows it only when no callbacks are given
             (the CLI), so the app, which passes callbacks, gets none.
+        resume: continue the run in ``config.out_dir`` from its checkpoint (written with
+            ``checkpoint_every``): its metrics after the checkpoint are cut off, the rest kept.
 
     Returns:
         The summary dict (see docs/training.md, "Run record").
@@ -41,7 +46,7 @@ def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Ev
     Raises:
         LiftError: for bad settings, data or models (before anything is trained).
     """
-    run = _Run(config, callbacks=callbacks, stop_event=stop_event,
+    run = _Run(config, callbacks=callbacks, stop_event=stop_event, resume=resume,
                progress=(callbacks is None) if progress is None else progress)
     return run.execute()
 
@@ -56,6 +61,7 @@ def run_config_record(trainer: Trainer) -> dict:
         "mixed_precision": trainer.accelerator.mixed_precision,
         "versions": library_versions(),
         "model_params": trainer.model_params,
+        "setup": {k: round(v, 3) for k, v in trainer.setup_seconds.items()},  # load, masks
         "data": {**{k: len(v) for k, v in trainer.data.items()},
                  "train_dropped": trainer.batches.dropped},
         "budget": {
@@ -68,6 +74,18 @@ def run_config_record(trainer: Trainer) -> dict:
     }
 
 
+def setup_times(setup: float | None, phases: dict, first_eval: float | None) -> dict:
+    """The summary's set-up fields (seconds, None when not reached): ``setup_seconds`` (the
+    whole set-up), its ``load_seconds`` and ``mask_seconds``, and ``first_eval_seconds`` (the
+    evaluation before training); ``seconds_per_step`` counts none of them."""
+    def rounded(value):
+        return None if value is None else round(value, 3)
+
+    return {"setup_seconds": rounded(setup), "load_seconds": rounded(phases.get("load_seconds")),
+            "mask_seconds": rounded(phases.get("mask_seconds")),
+            "first_eval_seconds": rounded(first_eval)}
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -78,13 +96,18 @@ class _StopRequested(Exception):
 class _Run:
     """One call of :func:`finetune`: the trainer, the record, the status and the clock."""
 
-    def __init__(self, config: FinetuneConfig, *, callbacks, stop_event, progress: bool):
+    def __init__(self, config: FinetuneConfig, *, callbacks, stop_event, progress: bool,
+                 resume: bool = False):
+        if resume and not config.out_dir:
+            raise LiftError("resume needs the run folder (out_dir) of the run to continue")
         self.config, self.stop_event, self.progress = config, stop_event, progress
+        self.resume, self.rows, self.checkpoint_step = resume, 0, 0
         self.recorder = RunRecorder(config.out_dir, overwrite=config.overwrite,
-                                    callbacks=callbacks)
+                                    callbacks=callbacks, resume=resume)
         self.trainer = Trainer(config)
         self.status, self.error = "running", None
         self.train_seconds, self.last_loss = 0.0, None
+        self.setup_seconds = self.first_eval_seconds = None  # set-up, outside seconds_per_step
         self.acc: dict = {}
         self.before: dict = {}
 
@@ -93,14 +116,17 @@ class _Run:
         self.start = time.perf_counter()
         try:
             self.trainer.setup()
+            self.setup_seconds = time.perf_counter() - self.start
             self.recorder.start(run_config_record(self.trainer))
+            self._continue_or_begin()
         except BaseException as exc:
             if is_out_of_memory(exc):  # nothing recorded yet: a one-line user error
                 raise LiftError(f"out of memory while setting up {cfg.model} for {cfg.method}: "
                                 "try a smaller model, --lora-rank or --device cpu") from exc
             raise
         try:
-            self._evaluate(0, before=True)
+            if not self.resume:
+                self._evaluate(0, before=True)
             self._train()
             self.status = "completed"
         except NonFiniteLoss as exc:
@@ -128,18 +154,23 @@ class _Run:
         bar = tqdm(total=cfg.steps, disable=not self.progress, unit="step",
                    desc=f"{cfg.method}", dynamic_ncols=True)
         try:
-            for step in range(1, cfg.steps + 1):
+            bar.update(self.trainer.steps_done)
+            for step in range(self.trainer.steps_done + 1, cfg.steps + 1):
                 self._check_stop()
                 began = time.perf_counter()
                 row = self.trainer.step()
                 self.train_seconds += time.perf_counter() - began
                 self.last_loss = row["loss"]
                 row["elapsed"] = self._elapsed()
+                row["memory"] = self.trainer.memory.result()  # peak bytes so far (the memory chart)
                 try:
                     if step % cfg.eval_every == 0 or step == cfg.steps:
                         row.update(self._evaluate(step))
                 finally:  # a stop during the evaluation still records the step
                     self.recorder.row(row)
+                    self.rows += 1
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    self._checkpoint()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
         finally:
@@ -150,20 +181,73 @@ class _Run:
             raise _StopRequested()
 
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
+        began = time.perf_counter()
         result = self.trainer.evaluate(between_batches=self._check_stop)
         self.acc = {**result, "eval_step": step}
         if before:
+            self.first_eval_seconds = time.perf_counter() - began
             self.before = dict(result)
             self.recorder.row({"step": 0, **result, "elapsed": self._elapsed()})
+            self.rows += 1
         return result
 
     def _elapsed(self) -> float:
         return round(time.perf_counter() - self.start, 3)
 
+    def _continue_or_begin(self) -> None:
+        """Resume: load the checkpoint, cut the metrics back to it, recall the evaluations.
+        A new run that saves a PiSSA adapter keeps its initial adapter for the conversion."""
+        from lift_core.train import checkpoint, export
+
+        out = self.config.out_dir
+        if not self.resume:
+            if out and self.config.save:
+                export.keep_pissa_initial(self.trainer, out)
+            return
+        state = checkpoint.load_checkpoint(self.trainer, out)
+        self.rows, self.checkpoint_step = state["metrics_rows"], state["steps_done"]
+        self.train_seconds = state["extra"].get("train_seconds", 0.0)
+        for row in truncate_metrics(out, self.rows):
+            if row.get("step") == 0 and "target_acc" in row:
+                self.before = {k: row[k] for k in ("target_acc", "source_acc")}
+            if "target_acc" in row:
+                self.acc = {"target_acc": row["target_acc"], "source_acc": row["source_acc"],
+                            "eval_step": row["step"]}
+            self.last_loss = row.get("loss", self.last_loss)
+
+    def _checkpoint(self) -> None:
+        from lift_core.train.checkpoint import save_checkpoint
+
+        if self.config.out_dir and self.trainer.steps_done > self.checkpoint_step:
+            save_checkpoint(self.trainer, self.config.out_dir, metrics_rows=self.rows,
+                            extra={"train_seconds": self.train_seconds})
+            self.checkpoint_step = self.trainer.steps_done
+
+    def _keep_results(self) -> dict:
+        """A completed run: save its model (``save``) and drop its checkpoint; a stopped one
+        with checkpoints gets one at the step it stopped at."""
+        from lift_core.train import checkpoint, export
+
+        out, cfg = self.config.out_dir, self.config
+        if not out:
+            return {}
+        if self.status == "stopped" and cfg.checkpoint_every:
+            self._checkpoint()
+        if self.status != "completed":
+            return {}
+        try:
+            saved = export.save_run_outputs(self.trainer, out) if cfg.save else {}
+        except OSError as exc:  # a full disk: the training is done, say what was not kept
+            self.status, self.error = "failed", f"could not save the model: {exc.strerror or exc}"
+            return {}
+        checkpoint.remove_checkpoint(out)
+        return saved
+
     def _finish(self, status: str, error: str | None) -> dict:
         self.status, self.error = status, error
+        saved = self._keep_results()
         self.trainer.close()  # the caller may keep the model: no gradient hooks left on it
-        summary = self._summary()
+        summary = {**self._summary(), **saved}
         self.recorder.end(summary)
         return summary
 
@@ -188,4 +272,20 @@ class _Run:
             "wall_seconds": round(time.perf_counter() - self.start, 3),
             "train_seconds": round(self.train_seconds, 3),
             "seconds_per_step": (self.train_seconds / steps_done) if steps_done else None,
+            **setup_times(self.setup_seconds, trainer.setup_seconds, self.first_eval_seconds),
+            "resumed": self.resume,
         }
+
+
+def truncate_metrics(run_dir, rows: int) -> list[dict]:
+    """Cut ``run_dir``'s metrics.jsonl back to its first ``rows`` lines; return those rows."""
+    path = Path(run_dir) / "metrics.jsonl"
+    kept, size = [], 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if len(kept) == rows or not line.endswith(b"\n"):
+                break
+            kept.append(json.loads(line))
+            size += len(line)
+    os.truncate(path, size)
+    return kept
