@@ -29,6 +29,20 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def setup_text(summary: dict | None, config: dict) -> str | None:
+    """One line on a run's set-up time (model load, first masks, evaluation before training),
+    which seconds per step leaves out; from config.json while the run goes, the summary after."""
+    times = {**(config.get("setup") or {}), **{k: v for k, v in (summary or {}).items()
+                                               if k.endswith("_seconds") and v is not None}}
+    parts = [f"{label} {times[key]:.1f} s" for key, label in (
+        ("load_seconds", "model load"), ("mask_seconds", "masks / adapter"),
+        ("first_eval_seconds", "evaluation before training")) if times.get(key) is not None]
+    if not parts:
+        return None
+    total = f"Set-up {times['setup_seconds']:.1f} s" if "setup_seconds" in times else "Set-up"
+    return f"{total}: " + ", ".join(parts) + " (not counted in the time per step)."
+
+
 def _pct(value) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
 
@@ -96,6 +110,8 @@ def run_view(job: Job, key: str) -> None:
     st.progress(min(nums["done"] / max(steps, 1), 1.0),
                 text=f"step {nums['done']}/{steps} · elapsed {_clock(nums['elapsed'])} · ETA {_clock(nums['eta'])}")
     _status_box(record.status, record.note, job)
+    if (setup := setup_text(record.summary, record.config)) is not None:
+        st.caption(setup)
     budget = record.config.get("budget") or {}
     state_bytes, exact = optimizer_state_bytes(record)
     m = record.metrics
@@ -146,6 +162,9 @@ def compare_view(job: Job, key: str) -> None:
         if job.is_alive():
             st.info("Starting the first run…")
         return
+    setups = {m: t for m, r in records.items() if (t := setup_text(r.summary, r.config))}
+    if setups:
+        st.caption(" · ".join(f"**{m}** {t}" for m, t in setups.items()))
     data = long_metrics(records)
     st.plotly_chart(figs.accuracy_figure(data, steps=steps), key=f"{key}_acc")
     left, right = st.columns(2)

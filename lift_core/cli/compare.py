@@ -88,7 +88,8 @@ def summary_text(state: dict) -> str:
         return "   n/a" if v is None else f"{100 * v:5.1f}%"
 
     lines = [f"{'method':<14}{'status':<12}{'steps':>11}  {'target':>14}  {'source':>14}  "
-             f"{'forgetting':>10}  {'trainable':>10}  {'opt. state':>11}  {'wall s':>7}"]
+             f"{'forgetting':>10}  {'trainable':>10}  {'opt. state':>11}  {'setup s':>7}  "
+             f"{'wall s':>7}"]
     for entry in state["runs"]:
         s = read_run(entry["path"]).summary if is_run_dir(entry["path"]) else None
         if not s:
@@ -104,7 +105,12 @@ def summary_text(state: dict) -> str:
             f"{pct(s.get('source_acc_before'))}->{pct(s.get('source_acc') if after else None)}  "
             f"{forgetting:>10}  "
             f"{s['trainable_params']:>10,}  {(s.get('optimizer_state_bytes') or 0) / 2**10:>7.0f} KiB  "
-            f"{s['wall_seconds']:>7.1f}")
+            f"{_seconds(s.get('setup_seconds')):>7}  {s['wall_seconds']:>7.1f}")
     lines.append(f"comparison {state['status']} in {state.get('wall_seconds') or 0:.1f} s; "
-                 f"forgetting = source accuracy before - after (points).")
+                 f"forgetting = source accuracy before - after (points); set-up = model load, "
+                 "first masks and evaluation before training (not in seconds per step).")
     return "\n".join(lines)
+
+
+def _seconds(value) -> str:
+    return "–" if value is None else f"{value:.1f}"  # older records have no set-up time

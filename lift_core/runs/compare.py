@@ -121,13 +121,15 @@ def method_table(table, order=DEFAULT_METHODS):
     Returns:
         DataFrame, one row per method (``order`` first, then others): ``method, runs`` and
         ``<col>_mean`` / ``<col>_std`` for target/source accuracy (before and after),
-        forgetting, trainable_params, optimizer_state_bytes, seconds_per_step and
-        wall_seconds. std is NaN for a single run.
+        forgetting, trainable_params, optimizer_state_bytes, seconds_per_step, the set-up
+        (setup_seconds, mask_seconds, first_eval_seconds) and wall_seconds. std is NaN for
+        a single run.
     """
     import pandas as pd
 
     cols = ["target_acc_before", "target_acc", "source_acc_before", "source_acc", "forgetting",
-            "trainable_params", "optimizer_state_bytes", "seconds_per_step", "wall_seconds"]
+            "trainable_params", "optimizer_state_bytes", "seconds_per_step", "setup_seconds",
+            "mask_seconds", "first_eval_seconds", "wall_seconds"]
     rows = []
     methods = [m for m in order if m in set(table["method"])]
     methods += sorted(set(table["method"].dropna()) - set(methods))
@@ -135,7 +137,8 @@ def method_table(table, order=DEFAULT_METHODS):
         group = table[table["method"] == method]
         row = {"method": method, "runs": len(group)}
         for col in cols:
-            values = pd.to_numeric(group[col], errors="coerce")
+            # A table from before a column existed (set-up times) gives NaN, not an error.
+            values = pd.to_numeric(group.get(col, pd.Series(dtype=float)), errors="coerce")
             row[f"{col}_mean"] = values.mean()
             row[f"{col}_std"] = values.std(ddof=1) if values.count() > 1 else float("nan")
         rows.append(row)

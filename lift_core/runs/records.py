@@ -32,7 +32,8 @@ from lift_core.runs.writer import PeakMemory, RunRecorder, RunWriter, library_ve
 TABLE_COLUMNS = [
     "run", "method", "seed", "lr", "steps", "status", "steps_done", "target_acc_before",
     "target_acc", "source_acc_before", "source_acc", "forgetting", "trainable_params",
-    "optimizer_state_bytes", "peak_memory_bytes", "seconds_per_step", "wall_seconds", "path",
+    "optimizer_state_bytes", "peak_memory_bytes", "seconds_per_step", "setup_seconds",
+    "mask_seconds", "first_eval_seconds", "wall_seconds", "path",
     "eval_step", "note",
 ]
 

@@ -18,6 +18,7 @@ generates with ``unwrapped_model``, never a process wrapper (DDP cannot ``genera
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -48,6 +49,9 @@ class Trainer:
         self.model_params = 0  # every parameter of the model as loaded
         self.steps_done = 0  # optimizer steps taken
         self.mask_refreshes = 0  # mask refreshes that happened during training
+        # Set-up phases, seconds: "load_seconds" (model from disk), "mask_seconds" (the
+        # method's set-up: a sparse method's first masks, an adapter's initialisation).
+        self.setup_seconds: dict[str, float] = {}
         # (name, fn) -> fn(): runs the forward, backward and optimizer phases of each step
         # (the benchmarks swap in one that times them).
         self.phase_runner: Callable[[str, Callable], object] = run_phase
@@ -81,7 +85,9 @@ class Trainer:
             # The tokenizer first: one without <eos> is refused before the model loads.
             self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                             require_eos=True)
+            began = time.perf_counter()
             model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code)
+            self.setup_seconds["load_seconds"] = time.perf_counter() - began
         self.model_params = sum(p.numel() for p in model.parameters())
         self._set_up_method(model.to(self.device))
         if self.data:
@@ -94,10 +100,12 @@ class Trainer:
         from lift_core.train.methods import setup_method
 
         cfg = self.config
+        began = time.perf_counter()
         self.method_setup = setup_method(
             model, cfg.method, lr=cfg.lr_used, lora_rank=cfg.lora_rank,
             filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
             seed=cfg.seed)
+        self.setup_seconds["mask_seconds"] = time.perf_counter() - began
         # prepare_model adds bf16 autocast to forward on CUDA (generate goes through it too).
         self.model = self.accelerator.prepare_model(self.method_setup.model)
         self.model.train()
