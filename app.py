@@ -18,6 +18,7 @@ PAGES = {
     "Train": [
         st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
         st.Page("pages/runs.py", title="Runs", icon=":material/table_chart:"),
+        st.Page("pages/what_changed.py", title="What changed", icon=":material/difference:"),
         st.Page("pages/workshop.py", title="Workshop", icon=":material/school:"),
     ],
 }

@@ -155,3 +155,45 @@ def model_analysis(name: str, lora_rank: int, filter_rank: int, svd: str,
 def torch_mask(mask: np.ndarray) -> torch.Tensor:
     """A cached numpy mask as a torch bool tensor, for lift_core's overlap functions."""
     return torch.from_numpy(np.ascontiguousarray(mask))
+
+
+# --- what changed (ΔW) -------------------------------------------------------------------
+
+
+def _files_signature(dirs) -> tuple:
+    # A model folder saved again under the same name must not be served from the cache.
+    from pathlib import Path
+
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size)
+                 for d in dirs for f in sorted(Path(d).glob("*.safetensors")))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _delta(pairs: tuple, blocks_only: bool, signature: tuple):
+    from lift_core.analysis.delta import pairs_delta_table
+
+    result = pairs_delta_table(list(pairs), blocks_only=blocks_only)
+    return result.table, result.spectra
+
+
+def delta_tables(pairs: list, blocks_only: bool = True):
+    """(long per-layer ΔW table, spectra) for ModelPairs, cached on the pairs and their files."""
+    return _delta(tuple(pairs), blocks_only, _files_signature(p.tuned for p in pairs))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _generations(pair, n: int, signature: tuple):
+    from lift_core.analysis.delta import load_tuned
+    from lift_core.analysis.generations import before_after, run_prompts
+    from lift_core.jsonio import read_json_object
+    from lift_core.models.loading import load_tokenizer
+
+    config = (read_json_object(pair.run_dir / "config.json") or {}) if pair.run_dir else {}
+    base = load_cached_model(pair.base)
+    return before_after(base, load_tuned(pair.tuned, base), load_tokenizer(pair.base),
+                        run_prompts(config, n))
+
+
+def generations(pair, n: int):
+    """The base's and the tuned model's answers to n target and n source prompts (cached)."""
+    return _generations(pair, n, _files_signature([pair.tuned]))

@@ -8,7 +8,7 @@ rank), and how far it turns the base's top-r singular subspaces (principal angle
 those of W and W + ΔW) and its spectral norm. Masks come from
 :class:`lift_core.lowrank.scoring.PrincipalScorer`, ranks from :mod:`lift_core.lowrank.spectra`.
 A run folder is resolved to its base (config.json's ``model``) and its saved model
-(``RUN_DIR/model``); :mod:`lift_core.analysis.generations` gives the before/after answers.
+(``RUN_DIR/model``, or its base with ``RUN_DIR/adapter`` merged in); :mod:`lift_core.analysis.generations` gives the before/after answers.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lift_core.lowrank.svd import exact_factors
 from lift_core.models.loading import layer_weight, list_linear_layers
 
 SAVED_MODEL_DIR = "model"  # a run's fine-tuned model (``finetune --save``)
+SAVED_ADAPTER_DIR = "adapter"  # a LoRA-family run's peft adapter (saved without --merge)
 COMPARE_FILE = "compare.json"
 # Columns of the per-layer table, in order (the CSV's header).
 DELTA_COLUMNS = [
@@ -145,16 +146,36 @@ class ModelPair:
     label: str  # the run's folder name, or "tuned"
     method: str  # the run's method, or "" for two model directories
     base: str  # alias, directory or hub id
-    tuned: str  # a directory
+    tuned: str  # a model directory, or a peft adapter directory (merged into the base)
     filter_rank: int
     lora_rank: int
     run_dir: Path | None = None
 
 
 def saved_model_dir(run_dir: str | os.PathLike) -> Path | None:
-    """The run's saved fine-tuned model directory, or None when the run saved none."""
-    path = Path(run_dir).expanduser() / SAVED_MODEL_DIR
-    return path if (path / "config.json").is_file() else None
+    """The run's saved model directory, else its adapter directory, else None (saved nothing)."""
+    run_dir = Path(run_dir).expanduser()
+    model, adapter = run_dir / SAVED_MODEL_DIR, run_dir / SAVED_ADAPTER_DIR
+    if (model / "config.json").is_file():
+        return model
+    return adapter if (adapter / "adapter_config.json").is_file() else None
+
+
+def load_tuned(tuned: str | os.PathLike, base_model, loader=None):
+    """The tuned model: a model directory loaded, or an adapter merged into a copy of the base."""
+    import copy
+
+    if not (Path(tuned) / "adapter_config.json").is_file():
+        from lift_core.models.loading import load_model
+
+        return (loader or (lambda name: load_model(name, kind="causal")))(str(tuned))
+    from peft import PeftModel
+
+    try:
+        merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(tuned)).merge_and_unload()
+    except Exception as exc:  # a corrupt or foreign adapter: say which folder, in one line
+        raise LiftError(f"cannot load the adapter in {tuned}: {str(exc).splitlines()[0]}") from exc
+    return merged.eval()
 
 
 def run_pair(run_dir: str | os.PathLike, *, filter_rank: int | None = None,
@@ -168,7 +189,8 @@ def run_pair(run_dir: str | os.PathLike, *, filter_rank: int | None = None,
         raise LiftError(f"{path} is not a run folder (no config.json naming its base model)")
     tuned = saved_model_dir(path)
     if tuned is None:
-        raise LiftError(f"{path} has no saved model ({SAVED_MODEL_DIR}/): run finetune with --save")
+        raise LiftError(f"{path} has no saved model ({SAVED_MODEL_DIR}/ or {SAVED_ADAPTER_DIR}/): "
+                        "run finetune with --save")
     return ModelPair(label=path.name, method=str(config.get("method", "")), base=str(config["model"]),
                      tuned=str(tuned), filter_rank=int(filter_rank or config.get("filter_rank") or 4),
                      lora_rank=int(lora_rank or config.get("lora_rank") or 4), run_dir=path)
@@ -210,7 +232,8 @@ def pairs_delta_table(pairs: list[ModelPair], *, blocks_only: bool = True, loade
             progress(pair.label)
         if pair.base not in bases:
             bases[pair.base] = loader(pair.base)
-        result = delta_table(bases[pair.base], loader(pair.tuned), filter_rank=pair.filter_rank,
+        tuned = load_tuned(pair.tuned, bases[pair.base], loader)
+        result = delta_table(bases[pair.base], tuned, filter_rank=pair.filter_rank,
                              lora_rank=pair.lora_rank, blocks_only=blocks_only)
         tables.append(result.table.assign(run=pair.label, method=pair.method))
         spectra.update({f"{pair.label}/{name}": s for name, s in result.spectra.items()})

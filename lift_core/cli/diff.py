@@ -89,6 +89,7 @@ def run_diff(args: argparse.Namespace) -> int:
 def _print_generations(pairs, n: int, out: Path | None) -> None:
     import pandas as pd
 
+    from lift_core.analysis.delta import load_tuned
     from lift_core.analysis.generations import before_after, run_prompts
     from lift_core.jsonio import read_json_object
     from lift_core.models.loading import load_model, load_tokenizer
@@ -96,8 +97,9 @@ def _print_generations(pairs, n: int, out: Path | None) -> None:
     tables = []
     for pair in pairs:
         config = (read_json_object(pair.run_dir / "config.json") or {}) if pair.run_dir else {}
-        table = before_after(load_model(pair.base, kind="causal"), load_model(pair.tuned, kind="causal"),
-                             load_tokenizer(pair.base), run_prompts(config, n))
+        base = load_model(pair.base, kind="causal")
+        table = before_after(base, load_tuned(pair.tuned, base), load_tokenizer(pair.base),
+                             run_prompts(config, n))
         tables.append(table.assign(run=pair.label))
         print(f"\n== {pair.label}: base -> tuned ==")
         for row in table.itertuples(index=False):
