@@ -18,7 +18,9 @@ from lift_core.runs.compare import read_compare
 from lift_core.runs.jobs import Job
 from lift_core.train.registry import method_names
 from lift_ui.figures import training as figs
-from lift_ui.run_data import long_metrics, optimizer_state_bytes, progress_numbers, read_record, tradeoff_points
+from lift_ui.run_data import (
+    ended_label, long_metrics, optimizer_state_bytes, progress_numbers, read_record, tradeoff_points,
+)
 from lift_ui.train_form import POLL_SECONDS, command_text, manager
 
 
@@ -27,6 +29,41 @@ def _clock(seconds: float | None) -> str:
         return "–"
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def chart_options(container, key: str) -> dict:
+    """The chart controls every training chart shares (loss scale, smoothing, x axis).
+
+    The choices are kept in session state under one name, so the live panel, Compare and
+    the Runs page draw the loss on the same scale until the user changes it anywhere.
+    Returns loss_figure/accuracy_figure keyword arguments: log_y, alpha, x.
+    """
+    defaults = {"log_y": True, "smoothing": 0.9, "x": "step"}
+    for name, value in defaults.items():
+        st.session_state.setdefault(f"lift_chart_{name}", value)
+        st.session_state[f"{key}_{name}"] = st.session_state[f"lift_chart_{name}"]
+
+    def keep(name):
+        return {"key": f"{key}_{name}", "on_change": lambda: st.session_state.__setitem__(
+            f"lift_chart_{name}", st.session_state[f"{key}_{name}"])}
+
+    cols = container.columns([1, 2, 2])
+    log_y = cols[0].toggle("Log-scale loss", help="The same choice on every training chart.", **keep("log_y"))
+    smoothing = cols[1].slider("Loss smoothing (EMA)", 0.0, 0.99, step=0.01,
+                               help="0 draws the raw loss; higher is smoother.", **keep("smoothing"))
+    x = cols[2].radio("x axis", list(figs.X_AXES), horizontal=True, **keep("x"),
+                      format_func=lambda v: "step" if v == "step" else "wall time")
+    return {"log_y": log_y, "alpha": max(1.0 - smoothing, 0.01), "x": x}
+
+
+def wall_elapsed(job: Job, *records) -> float:
+    """Seconds since the job was launched: now while it runs, at its records' last write
+    once it ended, so the clock never runs backwards when a run ends."""
+    if job.is_alive() or not records:
+        return time.time() - job.started
+    files = [Path(r.path) / name for r in records for name in ("summary.json", "metrics.jsonl")]
+    ended = max((f.stat().st_mtime for f in files if f.exists()), default=time.time())
+    return max(ended - job.started, 0.0)
 
 
 def setup_text(summary: dict | None, config: dict) -> str | None:
@@ -57,7 +94,10 @@ def job_panel(kinds: tuple[str, ...], *, key: str) -> None:
             return
         job = last
     alive = job.is_alive()
-    st.subheader(("Running: " if alive else "Last job: ") + job.label)
+    label = job.label
+    if not alive and job.extra.get("kind") != "compare":
+        label = ended_label(read_record(job.run_dirs[0]), job.label)
+    st.subheader(("Running: " if alive else "Last job: ") + label)
     where = st
     if alive:
         stop_col, where = st.columns([1, 5])
@@ -106,7 +146,7 @@ def run_view(job: Job, key: str) -> None:
             _status_box("failed", None, job)
         return
     steps = int(record.config.get("steps") or steps)
-    nums = progress_numbers(record, steps, time.time() - job.started if job.is_alive() else None)
+    nums = progress_numbers(record, steps, wall_elapsed(job, record))
     st.progress(min(nums["done"] / max(steps, 1), 1.0),
                 text=f"step {nums['done']}/{steps} · elapsed {_clock(nums['elapsed'])} · ETA {_clock(nums['eta'])}")
     _status_box(record.status, record.note, job)
@@ -130,16 +170,25 @@ def run_view(job: Job, key: str) -> None:
                        f"{100 * change:+.1f} pt since step 0" if len(evals) > 1 else None,
                        help=f"at step {int(last['step'])}")
     data = long_metrics({record.config.get("method", "run"): record})
-    log_y = st.toggle("Log-scale loss", key=f"{key}_log")
+    opts = chart_options(st, key)
     left, right = st.columns(2)
-    left.plotly_chart(figs.loss_figure(data, log_y=log_y, steps=steps), key=f"{key}_loss")
+    left.plotly_chart(figs.loss_figure(data, steps=steps, **opts), key=f"{key}_loss")
     if record.config.get("method") in method_names("sparse"):
         right.plotly_chart(figs.churn_figure(data, steps=steps), key=f"{key}_churn")
         right.caption("Share of the mask replaced at each refresh (every "
                       f"{record.config.get('update_interval')} steps), over all matrices.")
     else:
         right.info(f"{record.config.get('method')} has no mask, so there is no mask churn to show.")
-    st.plotly_chart(figs.accuracy_figure(data, steps=steps), key=f"{key}_acc")
+    st.plotly_chart(figs.accuracy_figure(data, steps=steps, x=opts["x"]), key=f"{key}_acc")
+    _schedule_and_memory(data, steps, opts["x"], key)
+
+
+def _schedule_and_memory(data, steps: int, x: str, key: str) -> None:
+    left, right = st.columns(2)
+    left.plotly_chart(figs.series_figure(data, "lr", title="Learning-rate schedule", y_title="learning rate",
+                                         steps=steps, x=x), key=f"{key}_lr")
+    right.plotly_chart(figs.series_figure(data, "memory", title="Peak memory so far", y_title="MiB",
+                                          scale=2 ** -20, steps=steps, x=x), key=f"{key}_mem")
 
 
 def compare_view(job: Job, key: str) -> None:
@@ -154,7 +203,10 @@ def compare_view(job: Job, key: str) -> None:
     steps = int(job.extra.get("steps") or 1)
     done = sum(progress_numbers(r, steps)["done"] for r in records.values())
     total = steps * len(state["runs"])
+    elapsed = wall_elapsed(job, *records.values())
+    eta = elapsed / done * (total - done) if done and job.is_alive() else None
     st.progress(min(done / total, 1.0), text=f"{done}/{total} steps over {len(state['runs'])} runs · "
+                f"elapsed {_clock(elapsed)} · ETA {_clock(eta)} · "
                 + " · ".join(f"{e['method']}: {e['status']}" for e in state["runs"]))
     if state.get("status") not in (None, "running") or not job.is_alive():
         _status_box(state.get("status", "running"), None, job)
@@ -166,9 +218,15 @@ def compare_view(job: Job, key: str) -> None:
     if setups:
         st.caption(" · ".join(f"**{m}** {t}" for m, t in setups.items()))
     data = long_metrics(records)
-    st.plotly_chart(figs.accuracy_figure(data, steps=steps), key=f"{key}_acc")
+    opts = chart_options(st, key)
+    st.plotly_chart(figs.accuracy_figure(data, steps=steps, x=opts["x"]), key=f"{key}_acc")
     left, right = st.columns(2)
-    left.plotly_chart(figs.loss_figure(data, steps=steps, log_y=True), key=f"{key}_loss")
-    right.plotly_chart(figs.tradeoff_figure(tradeoff_points(records)), key=f"{key}_tradeoff")
+    left.plotly_chart(figs.loss_figure(data, steps=steps, **opts), key=f"{key}_loss")
+    points = tradeoff_points(records)
+    right.plotly_chart(figs.tradeoff_figure(points), key=f"{key}_tradeoff")
+    early = points["note"].dropna()
     right.caption("Each point is a method at its latest evaluation. Up is more learned, left is "
-                  "less forgotten: the paper's claim is that LIFT sits up and to the left.")
+                  "less forgotten: the paper's claim is that LIFT sits up and to the left."
+                  + (" Hollow points did not reach the planned step: " + "; ".join(
+                      f"{label} {note}" for label, note in zip(points.loc[early.index, "label"], early))
+                     + "." if len(early) else ""))

@@ -32,7 +32,8 @@ def long_metrics(records: dict[str, RunRecord]) -> pd.DataFrame:
             continue
         m["label"], m["method"] = label, record.config.get("method")
         frames.append(m)
-    cols = ["label", "method", "step", "loss", "target_acc", "source_acc", "mask_churn"]
+    cols = ["label", "method", "step", "elapsed", "loss", "lr", "memory", "target_acc", "source_acc",
+            "mask_churn"]
     if not frames:
         return pd.DataFrame(columns=cols)
     out = pd.concat(frames, ignore_index=True)
@@ -65,6 +66,37 @@ def progress_numbers(record: RunRecord | None, steps: int, now_elapsed: float | 
     return {"done": done, "steps": steps, "elapsed": elapsed, "eta": eta}
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def duration_sentence(demo_steps: int, demo_runs: dict[str, RunRecord], samples: dict[str, RunRecord]) -> str:
+    """How long the live demo takes, from measurements: the last demo run on this machine,
+    else the recorded LIFT sample runs' pace scaled to the demo's steps."""
+    done = [r for r in demo_runs.values() if r.status == "completed" and r.summary]
+    if done:
+        last = max(done, key=lambda r: r.path.stat().st_mtime)
+        return (f"the last demo on this machine took {_clock(last.summary['wall_seconds'])} "
+                f"({last.summary['seconds_per_step'] * 1000:.0f} ms per step; more on a busy machine)")
+    lift = [r.summary for r in samples.values()
+            if r.config.get("method") == PRINCIPAL_METHOD and r.summary and r.summary.get("seconds_per_step")]
+    if not lift:
+        return "its time depends on this machine (no run measured here yet)"
+    pace = sum(s["seconds_per_step"] for s in lift) / len(lift)
+    extra = sum(s["wall_seconds"] - s["train_seconds"] for s in lift) / len(lift)
+    return (f"about {_clock(pace * demo_steps + extra)} at the pace of the recorded LIFT runs "
+            f"({pace * 1000:.0f} ms per step plus {extra:.0f} s of loading and evaluation); "
+            "longer on a busy machine")
+
+
+def refresh_interval_text(records: dict[str, RunRecord], default: int) -> str:
+    """'every 100 steps' from the runs' update_interval (the value the text describes)."""
+    values = sorted({int(r.config["update_interval"]) for r in records.values()
+                     if r.config.get("update_interval")}) or [default]
+    return "every " + " or ".join(str(v) for v in values) + " steps"
+
+
 def optimizer_state_bytes(record: RunRecord) -> tuple[int | None, bool]:
     """(bytes, exact): the summary's figure once the run ends, else an estimate from the budget.
 
@@ -93,8 +125,31 @@ def tradeoff_points(records: dict[str, RunRecord]) -> pd.DataFrame:
             continue
         first, last = evals.iloc[0], evals.iloc[-1]
         rows.append({"label": label, "method": record.config.get("method"), "target_acc": last["target_acc"],
-                     "forgetting": first["source_acc"] - last["source_acc"]})
-    return pd.DataFrame(rows, columns=["label", "method", "target_acc", "forgetting"])
+                     "forgetting": first["source_acc"] - last["source_acc"], "note": _early_end(record, last)})
+    return pd.DataFrame(rows, columns=["label", "method", "target_acc", "forgetting", "note"])
+
+
+def _early_end(record: RunRecord, last_eval) -> str | None:
+    """'stopped at step 200 of 300' for a run whose point is not from its planned last step."""
+    steps = int(record.config.get("steps") or 0)
+    at = int(last_eval["step"])
+    if record.status == "stopped":
+        done = int((record.summary or {}).get("steps_done") or record.metrics["step"].max())
+        return f"stopped at step {done} of {steps}" + (f", last evaluated at {at}" if at != done else "")
+    if record.status == "running" and at < steps:
+        return f"running: step {at} of {steps}"
+    return None
+
+
+def ended_label(record: RunRecord | None, planned: str) -> str:
+    """A job's heading from its record: "lift, 300 steps" says what was planned, which a
+    stopped or failed run did not do."""
+    if record is None or record.status not in ("stopped", "failed"):
+        return planned  # an interrupted run's box says so; its last step is only a guess
+    steps = int(record.config.get("steps") or 0)
+    done = int((record.summary or {}).get("steps_done") or
+               (record.metrics["step"].max() if len(record.metrics) else 0))
+    return f"{record.config.get('method')}, {record.status} at step {done} of {steps}"
 
 
 def completed_runs(table: pd.DataFrame) -> pd.DataFrame:

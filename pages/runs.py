@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from lift_ui import run_data, train_form
+from lift_ui import live_panel, run_data, train_form
 from lift_ui.figures import training as figs
 from lift_ui.sidebar import require_app_navigation
 
@@ -35,10 +35,10 @@ st.download_button("Download the table (CSV)", shown.drop(columns=["path"]).to_c
                    file_name="lift_runs.csv", mime="text/csv", key="runs_csv")
 
 data = train_form.long_metrics(train_form.records_for(shown))
-st.plotly_chart(figs.accuracy_figure(data), key="runs_acc")
+opts = live_panel.chart_options(st, "runs")
+st.plotly_chart(figs.accuracy_figure(data, x=opts["x"]), key="runs_acc")
 left, right = st.columns(2)
-log_y = left.toggle("Log-scale loss", value=True, key="runs_log")
-left.plotly_chart(figs.loss_figure(data, log_y=log_y, raw=False), key="runs_loss")
+left.plotly_chart(figs.loss_figure(data, raw=False, **opts), key="runs_loss")
 left.caption("EMA-smoothed; colours and dashes as in the accuracy chart (hover for the run).")
 points = run_data.method_points(shown)
 right.plotly_chart(figs.tradeoff_figure(points, title="Accuracy vs forgetting (mean ± std per method)"),

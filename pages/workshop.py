@@ -11,15 +11,17 @@ from lift_ui.sidebar import require_app_navigation
 
 require_app_navigation()
 st.title("Workshop: LIFT in ten minutes")
+records = train_form.sample_records()
+demo = train_form.demo_settings()
+refresh = run_data.refresh_interval_text(records, demo.update_interval)
 st.markdown(
     "**Principal weights.** Take a weight matrix W, keep only its best rank-r approximation W_r "
     "(from the SVD), and score every entry by |W_r|. The k highest-scoring entries are the "
     "*principal weights*; LIFT fine-tunes only those entries of the original W, with k matched to "
     "a LoRA of the same rank: k = (m+n)·rank per matrix, about 5% of the entries. The Adam state is "
-    "kept only for those k entries, and the mask is recomputed from the current weights every few "
-    "hundred steps (Liu et al., ICML 2025).")
+    "kept only for those k entries, and the mask is recomputed from the current weights "
+    f"periodically ({refresh} here) (Liu et al., ICML 2025).")
 
-records = train_form.sample_records()
 if not records:
     st.info("No completed sample runs yet (`bash sample_runs/make_sample_runs.sh` makes them, "
             "~1 min per run). The live demo below still works.")
@@ -62,21 +64,22 @@ else:
 
     st.header("4. The mask moves")
     sparse = curves[curves["method"].isin(method_names("sparse"))]
-    st.plotly_chart(figs.churn_figure(sparse), key="ws_churn")
-    lift = sparse[(sparse["method"] == PRINCIPAL_METHOD) & sparse["mask_churn"].notna()]
+    st.plotly_chart(figs.churn_figure(sparse, steps=steps), key="ws_churn")
+    # The refresh after the last step trains nothing: left out of the chart and the numbers.
+    lift = sparse[(sparse["method"] == PRINCIPAL_METHOD) & sparse["mask_churn"].notna() & (sparse["step"] < steps)]
     churn = (f" Here {method_label(PRINCIPAL_METHOD)} replaced {100 * lift['mask_churn'].min():.1f}–"
              f"{100 * lift['mask_churn'].max():.1f}% of its mask at each refresh." if len(lift) else "")
-    st.markdown("Every few hundred steps the mask is recomputed from the *current* weights: entries that "
+    st.markdown(f"{refresh.capitalize()} the mask is recomputed from the *current* weights: entries that "
                 "stay keep their Adam moments, new ones start from zero. Training changes which weights "
                 "are principal." + churn)
 
 st.header("Live demo")
-demo = train_form.demo_settings()
 out = train_form.planned_dir("demo", "demo")
 argv = train_form.finetune_argv(demo, out)
+took = run_data.duration_sentence(demo.steps, train_form.demo_records(), records)
 st.markdown(f"A short LIFT run on the built-in model ({demo.steps} steps, evaluation on {demo.eval_limit} "
-            "problems of each task): about a minute on a laptop CPU. It runs in the background; the charts "
-            "below update as it trains.")
+            f"problems of each task every {demo.eval_every} steps): {took}. It runs in the background; "
+            "the charts below update as it trains.")
 st.code(train_form.command_text(argv), language="bash")
 train_form.launch_button("Start the live demo", argv, [out], kind="demo", slot="demo", settings=demo,
                        steps=demo.steps, job_label=f"live demo: lift, {demo.steps} steps", key="ws_demo")

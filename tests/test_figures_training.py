@@ -179,3 +179,61 @@ def test_legends_keep_the_given_order_and_crowded_loss_hides_its_legend(samples)
     assert [t.name for t in acc.data if t.yaxis == "y"] == names
     assert figs.loss_figure(data).layout.showlegend is False  # 8 runs
     assert figs.loss_figure(data[data["label"].isin(names[:2])]).layout.showlegend is not False
+
+
+def test_a_refresh_at_the_final_step_is_not_drawn(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0"]))
+    assert list(figs.churn_figure(data, steps=60).data[0].x) == [20, 40]  # 60 trains nothing
+
+
+def test_stopped_runs_are_marked_on_the_tradeoff_and_the_y_axis_tops_at_a_gridline(tmp_path):
+    done = read_run(write_run(tmp_path / "d", "lift", 0))
+    stopped = write_run(tmp_path / "s", "lora", 0, status="stopped")
+    summary = json.loads((stopped / "summary.json").read_text())
+    (stopped / "summary.json").write_text(json.dumps({**summary, "steps_done": 40}))
+    points = run_data.tradeoff_points({"lift": done, "lora": read_run(stopped)})
+    assert points["note"].isna().iloc[0] and points["note"].iloc[1].startswith("stopped at step 40 of 60")
+    fig = figs.tradeoff_figure(points)
+    assert fig.data[0].marker.symbol == "circle" and fig.data[1].marker.symbol == "circle-open"
+    assert "stopped at step 40" in fig.data[1].text[0]
+    assert list(fig.layout.yaxis.range) == [-4, 108] and fig.layout.yaxis.dtick == 20  # gridline at 100
+
+
+def test_stopped_heading_says_where_it_stopped(tmp_path):
+    stopped = write_run(tmp_path / "s", "lift", 0, status="stopped")
+    summary = json.loads((stopped / "summary.json").read_text())
+    (stopped / "summary.json").write_text(json.dumps({**summary, "steps_done": 40}))
+    assert run_data.ended_label(read_run(stopped), "lift, 60 steps") == "lift, stopped at step 40 of 60"
+    done = read_run(write_run(tmp_path / "d", "lift", 0))
+    assert run_data.ended_label(done, "lift, 60 steps") == "lift, 60 steps"
+
+
+def test_raw_loss_is_visible_and_the_x_axis_can_be_wall_time(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0"]))
+    fig = figs.loss_figure(data, x="elapsed", steps=60)
+    assert fig.data[0].opacity >= 0.5 and fig.data[0].line.width >= 1.2
+    assert fig.data[0].x[0] == pytest.approx(1.1) and "wall time" in fig.layout.xaxis.title.text
+    assert fig.layout.xaxis.range is None  # a step range means nothing in seconds
+    acc = figs.accuracy_figure(data, x="elapsed")
+    assert acc.data[0].x[0] == pytest.approx(1.0)
+
+
+def test_learning_rate_and_memory_series(samples):
+    data = run_data.long_metrics(_records(samples, ["lift-seed0", "full-seed0"]))
+    lr = figs.series_figure(data, "lr", title="LR", y_title="learning rate", steps=60)
+    assert [t.name for t in lr.data] == ["lift-seed0", "full-seed0"] and len(lr.data[0].x) == 60
+    data["memory"] = 2.0 ** 20 * data["step"]
+    mem = figs.series_figure(data, "memory", title="M", y_title="MiB", scale=2 ** -20)
+    assert mem.data[0].y[-1] == 60
+    empty = figs.series_figure(data.drop(columns="memory"), "memory", title="M", y_title="MiB")
+    assert not empty.data and "no MiB recorded yet" in empty.layout.annotations[0].text
+
+
+def test_workshop_text_follows_the_records(samples, tmp_path):
+    records = _records(samples, ["lift-seed0", "lift-seed1", "full-seed0"])
+    assert run_data.refresh_interval_text(records, 100) == "every 20 steps"
+    assert run_data.refresh_interval_text({}, 100) == "every 100 steps"
+    said = run_data.duration_sentence(300, {}, records)
+    assert "at the pace of the recorded LIFT runs" in said
+    demo = read_run(write_run(tmp_path / "demo", "lift", 0))
+    assert "the last demo on this machine took" in run_data.duration_sentence(300, {"d": demo}, records)

@@ -2,8 +2,9 @@
 
 Plain functions, data in and a Figure out (no Streamlit, no torch). Curves come as one
 "long" DataFrame with a row per (run, metrics row): ``label`` (what the legend says),
-``method``, ``step`` and any of ``loss``, ``target_acc``, ``source_acc``, ``mask_churn``
-(accuracies as fractions; shown in %). Colour follows the method, so LIFT is the same
+``method``, ``step`` and any of ``loss``, ``target_acc``, ``source_acc``, ``mask_churn``,
+``lr``, ``memory``, ``elapsed`` (accuracies as fractions; shown in %). The x axis is the step
+or the wall time (``x="elapsed"``, seconds since the run started). Colour follows the method, so LIFT is the same
 orange on every page; several runs of one method get different dashes.
 """
 
@@ -45,10 +46,13 @@ def _rows_with(metrics: pd.DataFrame, column: str) -> pd.DataFrame:
     return metrics[metrics[column].notna()].sort_values("step", kind="stable")
 
 
-def _x_range(fig: go.Figure, steps: int | None) -> None:
+X_AXES = {"step": "step", "elapsed": "wall time (s since the run started)"}
+
+
+def _x_range(fig: go.Figure, steps: int | None, x: str = "step") -> None:
     # A fixed x range keeps the charts of one run lined up while it is still growing (with a
-    # margin, so the step-0 markers are not cut in half).
-    if steps:
+    # margin, so the step-0 markers are not cut in half). Wall time has no known end.
+    if steps and x == "step":
         fig.update_xaxes(range=[-0.02 * steps, steps * 1.02])
 
 
@@ -63,7 +67,7 @@ def _empty_note(fig: go.Figure, text: str) -> None:
 
 
 def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.1,
-                raw: bool | None = None, steps: int | None = None) -> go.Figure:
+                raw: bool | None = None, steps: int | None = None, x: str = "step") -> go.Figure:
     """Training loss per step: EMA-smoothed lines, and the raw values faintly behind them.
 
     Args:
@@ -72,6 +76,7 @@ def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.
         alpha: EMA weight of the newest step (smaller = smoother).
         raw: draw the raw loss too; default only when there is a single run.
         steps: total steps, to fix the x range while a run grows.
+        x: "step" or "elapsed" (wall time).
     """
     rows = _rows_with(metrics, "loss")
     styles = _styles(metrics) if len(metrics) else {}
@@ -79,14 +84,14 @@ def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.
     fig = go.Figure()
     for label, run in rows.groupby("label", sort=False):
         style = styles[label]
-        if raw:
-            fig.add_trace(go.Scatter(x=run["step"], y=run["loss"], mode="lines", name=f"{label} (raw)",
-                                     line=dict(color=style["color"], width=1), opacity=0.3))
-        fig.add_trace(go.Scatter(x=run["step"], y=ema(run["loss"], alpha), mode="lines",
-                                 name=f"{label} (EMA)" if raw else label, line=dict(width=2, **style)))
-    fig.update_xaxes(title="step")
+        if raw:  # readable behind the smoothed line, not a ghost of it
+            fig.add_trace(go.Scatter(x=run[x], y=run["loss"], mode="lines", name=f"{label} (raw)",
+                                     line=dict(color=style["color"], width=1.2), opacity=0.55))
+        fig.add_trace(go.Scatter(x=run[x], y=ema(run["loss"], alpha), mode="lines",
+                                 name=f"{label} (EMA)" if raw else label, line=dict(width=2.5, **style)))
+    fig.update_xaxes(title=X_AXES[x])
     fig.update_yaxes(title="loss (log)" if log_y else "loss", type="log" if log_y else "linear")
-    _x_range(fig, steps)
+    _x_range(fig, steps, x)
     if rows.empty:
         _empty_note(fig, "no training step yet")
     fig = _layout(fig, "Training loss")
@@ -97,7 +102,7 @@ def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.
     return fig
 
 
-def accuracy_figure(metrics: pd.DataFrame, *, steps: int | None = None,
+def accuracy_figure(metrics: pd.DataFrame, *, steps: int | None = None, x: str = "step",
                     title: str = "Accuracy: learned (target) and kept (source)") -> go.Figure:
     """Target and source accuracy vs step, two rows on one shared x axis.
 
@@ -115,21 +120,27 @@ def accuracy_figure(metrics: pd.DataFrame, *, steps: int | None = None,
             errors = None if spread is None or spread.isna().all() else dict(
                 type="data", array=100 * spread.fillna(0).to_numpy(), visible=True, thickness=1)
             fig.add_trace(go.Scatter(
-                x=run["step"], y=100 * run[column], mode="lines+markers", name=label,
+                x=run[x], y=100 * run[column], mode="lines+markers", name=label,
                 legendgroup=label, showlegend=row == 1, error_y=errors,
                 line=dict(width=2, **styles[label]), marker=dict(size=6)), row=row, col=1)
         # Fixed 0-100: the scale does not jump as a run's first evaluations come in.
         fig.update_yaxes(title="accuracy %", range=[-2, 102], row=row, col=1)
-    fig.update_xaxes(title="step", row=2, col=1)
-    _x_range(fig, steps)
+    fig.update_xaxes(title=X_AXES[x], row=2, col=1)
+    _x_range(fig, steps, x)
     fig = _layout(fig, title, height=520)
     _side_legend(fig)
     return fig
 
 
 def churn_figure(metrics: pd.DataFrame, *, steps: int | None = None) -> go.Figure:
-    """Fraction of mask entries that changed at each refresh (sparse methods only)."""
+    """Fraction of mask entries that changed at each refresh (sparse methods only).
+
+    A refresh at the final step (``steps``, when given) is left out: no step trains with
+    that mask, so it changes nothing.
+    """
     rows = _rows_with(metrics, "mask_churn")
+    if steps:
+        rows = rows[rows["step"] < steps]
     styles = _styles(metrics) if len(metrics) else {}
     fig = go.Figure()
     for label, run in rows.groupby("label", sort=False):
@@ -166,15 +177,21 @@ def tradeoff_figure(points: pd.DataFrame, *, title: str = "Accuracy vs forgettin
             if p.get(col) is not None and not pd.isna(p[col]):
                 err[axis] = dict(type="data", array=[100 * p[col]], visible=True, thickness=1.5)
         runs = f"<br>{int(p['runs'])} runs, mean ± std" if p.get("runs") and p["runs"] > 1 else ""
+        # A run that ended early (stopped) is marked as such, hollow, with where it stopped.
+        note = p.get("note") if isinstance(p.get("note"), str) else ""
+        runs += f"<br>{note}" if note else ""
         fig.add_trace(go.Scatter(
             x=[100 * p["forgetting"]], y=[100 * p["target_acc"]], mode="markers+text",
-            name=p["label"], text=[p["label"]], textposition=sides[i % len(sides)],
-            marker=dict(size=14, color=method_color(p["method"]), line=dict(color="white", width=1)),
+            name=p["label"], text=[f"{p['label']} ({note})" if note else p["label"]],
+            textposition=sides[i % len(sides)],
+            marker=dict(size=14, color=method_color(p["method"]), symbol="circle-open" if note else "circle",
+                        line=dict(color=method_color(p["method"]) if note else "white", width=2 if note else 1)),
             hovertemplate=f"{p['label']}: forgetting %{{x:.1f}} pt, target %{{y:.1f}}%{runs}<extra></extra>",
             **err))
     fig.update_xaxes(title="forgetting: source accuracy lost (points) → worse", zeroline=True,
                      zerolinecolor="#bbbbbb")
-    fig.update_yaxes(title="target accuracy % → better")
+    # Fixed 0-100 with a gridline at 100: no point sits above the top gridline.
+    fig.update_yaxes(title="target accuracy % → better", range=[-4, 108], tick0=0, dtick=20)
     fig = _layout(fig, title, height=420)
     fig.update_layout(showlegend=False)
     return fig
@@ -196,4 +213,29 @@ def memory_figure(table: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(rangemode="tozero")
     fig = _layout(fig, "What each method trains and stores", height=340)
     fig.update_layout(margin=dict(t=80))
+    return fig
+
+
+def series_figure(metrics: pd.DataFrame, column: str, *, title: str, y_title: str, scale: float = 1.0,
+                  steps: int | None = None, x: str = "step", log_y: bool = False) -> go.Figure:
+    """One line per run of any per-step column (the learning rate, memory) against step or time.
+
+    Args:
+        metrics: long frame with label, method, step (and elapsed) and ``column``.
+        scale: multiplies the values (e.g. 2**-20 for MiB).
+    """
+    rows = _rows_with(metrics, column)
+    styles = _styles(metrics) if len(metrics) else {}
+    fig = go.Figure()
+    for label, run in rows.groupby("label", sort=False):
+        fig.add_trace(go.Scatter(x=run[x], y=scale * run[column], mode="lines", name=label,
+                                 line=dict(width=2, **styles[label])))
+    fig.update_xaxes(title=X_AXES[x])
+    fig.update_yaxes(title=y_title, type="log" if log_y else "linear", rangemode="tozero")
+    _x_range(fig, steps, x)
+    if rows.empty:
+        _empty_note(fig, f"no {y_title} recorded yet")
+    fig = _layout(fig, title, height=300)
+    if len(fig.data) > 3:
+        _side_legend(fig)
     return fig
