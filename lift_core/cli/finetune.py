@@ -35,13 +35,27 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                     "measuring target accuracy and forgetting; writes config.json, "
                     "metrics.jsonl and summary.json to --out.",
         epilog=f"Methods: {methods_help()}.")
-    add_config_options(p, FinetuneConfig, flags=OPTION_FLAGS, metavars=_METAVARS)
-    p.add_argument("--resume", metavar="RUN_DIR",
+    add_config_options(p, FinetuneConfig, flags=OPTION_FLAGS, required={"out_dir"},
+                       metavars=_METAVARS)
+    out = next(action for action in p._actions if action.dest == "out_dir")
+    p.add_argument("--resume", metavar="RUN_DIR", action=_ResumeAction, out_action=out,
                    help="continue the stopped, failed or killed run in RUN_DIR from its last "
                         "checkpoint (its settings come from its config.json; no other options)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_finetune)
     return p
+
+
+class _ResumeAction(argparse.Action):
+    """``--resume RUN_DIR``: the run folder is RUN_DIR, so ``--out`` is no longer required."""
+
+    def __init__(self, *args, out_action: argparse.Action, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.out_action = out_action
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        self.out_action.required = False  # argparse checks required options after parsing
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:

@@ -30,7 +30,8 @@ DELTA_FORMAT = "lift-delta/1"
 MODEL_DIR, ADAPTER_DIR = "model", "adapter"
 # PiSSA's adapter as initialised (before training), kept while the run goes on so that the
 # trained adapter can be converted to a LoRA for the original base (peft's recipe).
-PISSA_INITIAL_DIR = ".lift-pissa-initial"
+# peft loads it as an adapter named after the last path part, which must be a plain name.
+PISSA_INITIAL_DIR = ".lift-pissa/initial"
 
 # Same-width integer views, so "changed" means "different bits" (0.0 vs -0.0 included).
 _INT_VIEWS = {torch.float32: torch.int32, torch.float16: torch.int16,
@@ -186,7 +187,7 @@ def _save_adapter(trainer, run_dir: Path) -> None:
     if _is_pissa(trainer.config.method) and initial.is_dir():
         kwargs["path_initial_model_for_weight_conversion"] = str(initial)
     trainer.unwrapped_model.save_pretrained(str(run_dir / ADAPTER_DIR), **kwargs)
-    shutil.rmtree(initial, ignore_errors=True)
+    shutil.rmtree(initial.parent, ignore_errors=True)
 
 
 def _folder_bytes(folder: Path, suffix: str) -> int:
