@@ -46,6 +46,11 @@ EMBEDDED_MODELS: dict[str, tuple[Callable[[], str], str]] = {
 }
 DEFAULT_EXPLORE_MODEL = "minilm"
 
+# Weight dtypes a model can be loaded in; "auto" keeps the checkpoint's own (config dtype).
+_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+           "float16": torch.float16}
+WEIGHT_DTYPES = tuple(_DTYPES)
+
 # Leaf module name -> role, for the naming schemes of Llama, GPT-2, BERT, OPT, Falcon, ...
 _LEAF_ROLES = {
     **dict.fromkeys(["q_proj", "query", "q", "wq", "q_lin"], "q"),
@@ -303,12 +308,18 @@ def check_fits_in_memory(config, *, bytes_per_param: int = 4, headroom: float = 
     return params
 
 
+def check_weight_dtype(name: str) -> None:
+    """Raise LiftError unless ``name`` is one of WEIGHT_DTYPES."""
+    if name not in _DTYPES:
+        raise LiftError(f"unknown dtype {name!r} (allowed: {', '.join(WEIGHT_DTYPES)})")
+
+
 def load_model(
     name_or_dir: str,
     *,
     kind: str = "auto",
     trust_remote_code: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     check_memory: bool = True,
 ) -> nn.Module:
     """Load a transformers model for analysis (eval mode, on CPU).
@@ -318,7 +329,8 @@ def load_model(
         kind: "causal" (AutoModelForCausalLM), "encoder" (AutoModel) or "auto" (from the
             config's architectures).
         trust_remote_code: allow the model's own Python code (off by default).
-        dtype: weight dtype to load in.
+        dtype: weight dtype to load in: a torch dtype or a WEIGHT_DTYPES name ("auto":
+            the checkpoint's own, from its config; fp32 when the config names none).
         check_memory: refuse, from the config alone, models larger than free memory.
 
     Raises:
@@ -328,6 +340,9 @@ def load_model(
 
     if kind not in ("auto", "causal", "encoder"):
         raise LiftError(f"unknown model kind {kind!r} (allowed: auto, causal, encoder)")
+    if isinstance(dtype, str):
+        check_weight_dtype(dtype)
+        dtype = _DTYPES[dtype]
     config = load_config(name_or_dir, trust_remote_code=trust_remote_code)
     causal = is_causal_lm(config)
     if kind == "causal" and not causal:

@@ -18,6 +18,7 @@ import torch
 from lift_core.checks import SVD_MODES, check_svd_mode
 from lift_core.allowed_paths import DATA_ROOTS_ENV, confine
 from lift_core.errors import LiftError
+from lift_core.models.loading import WEIGHT_DTYPES, check_weight_dtype
 from lift_core.models.preflight import check_output_dir
 from lift_core.train.registry import PRINCIPAL_METHOD, check_method, default_lr, method_names
 
@@ -52,6 +53,9 @@ class FinetuneConfig:
     """Seeds the training data, its order, LoRA initialisation and the random mask."""
     device: str = "auto"
     """auto (CUDA with bf16 when a GPU is present, else CPU), cpu or cuda."""
+    dtype: str = "auto"
+    """Weight dtype: auto (the checkpoint's own), float32, bfloat16 or float16; masks' SVD
+    and optimizer moments stay float32 (docs/training.md)."""
     batch_size: int = 16
     """Training examples per step."""
     warmup_ratio: float = 0.03
@@ -97,7 +101,8 @@ class FinetuneConfig:
     @staticmethod
     def choices() -> dict[str, tuple[str, ...]]:
         """The allowed values of the settings that name something (CLI and app lists)."""
-        return {"method": method_names(), "svd": tuple(SVD_MODES), "device": DEVICES}
+        return {"method": method_names(), "svd": tuple(SVD_MODES), "device": DEVICES,
+                "dtype": WEIGHT_DTYPES}
 
     def __post_init__(self):
         check_method(self.method)
@@ -118,6 +123,7 @@ class FinetuneConfig:
         if self.max_grad_norm < 0:
             raise LiftError(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
         _check_device(self.device)
+        check_weight_dtype(self.dtype)
         if self.out_dir is not None:  # a folder we cannot make fails now, not after loading
             check_output_dir(self.out_dir)
         for name in ("train_data", "target_eval", "source_eval"):

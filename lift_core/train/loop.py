@@ -59,6 +59,7 @@ def run_config_record(trainer: Trainer) -> dict:
         **config_record(trainer.config),
         "device_used": str(trainer.device),
         "mixed_precision": trainer.accelerator.mixed_precision,
+        "dtype_used": str(next(trainer.unwrapped_model.parameters()).dtype).replace("torch.", ""),
         "versions": library_versions(),
         "model_params": trainer.model_params,
         "setup": {k: round(v, 3) for k, v in trainer.setup_seconds.items()},  # load, masks

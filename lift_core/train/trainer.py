@@ -86,7 +86,8 @@ class Trainer:
             self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                             require_eos=True)
             began = time.perf_counter()
-            model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code)
+            model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code,
+                               dtype=cfg.dtype)
             self.setup_seconds["load_seconds"] = time.perf_counter() - began
         self.model_params = sum(p.numel() for p in model.parameters())
         self._set_up_method(model.to(self.device))
