@@ -13,8 +13,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from lift_core.train.registry import method_color, method_label
-from lift_ui.figures.explorer import _layout
-from lift_ui.figures.training import _styles
+from lift_ui.figures.explorer import _layout, log_ticks
+from lift_ui.figures.training import _side_legend, _styles
+
+_REFERENCE = dict(color="#555555", dash="dash", width=1)
 
 # The measures the per-layer chart can show: column -> (title, y axis title, log y).
 PER_LAYER_MEASURES = {
@@ -64,13 +66,19 @@ def per_layer_figure(table: pd.DataFrame, column: str, *, lora_rank: int | None 
             name=_legend_name(label, method), line=dict(width=2, **styles[label]), marker=dict(size=5),
             hovertemplate=f"{label}<br>%{{text}}<br>{y_title}: %{{y:.4g}}<extra></extra>",
             text=[labels[position[n]] for n in run["layer"]]))
-    if lora_rank:
-        fig.add_hline(y=lora_rank, line=dict(color="#555555", dash="dash", width=1),
-                      annotation_text=f"LoRA rank {lora_rank}", annotation_position="top left")
+    if lora_rank:  # a trace, not add_hline: shapes on a log axis take log10 coordinates
+        fig.add_trace(go.Scatter(x=[-0.5, len(labels) - 0.5], y=[lora_rank] * 2, mode="lines",
+                                 name=f"LoRA rank {lora_rank}", line=_REFERENCE, hoverinfo="skip"))
     fig.update_xaxes(title="layer (block.role)", tickmode="array", tickvals=list(range(len(labels))),
                      ticktext=labels, tickangle=-60)
     fig.update_yaxes(title=y_title, type="log" if log_y else "linear")
-    return _layout(fig, title, height=400)
+    values = table[column].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if log_y and len(values):
+        fig.update_yaxes(**log_ticks(min(values.min(), lora_rank or np.inf), max(values.max(), lora_rank or 0)))
+    _layout(fig, title, height=400)
+    _side_legend(fig)
+    return fig
 
 
 def mask_energy_figure(table: pd.DataFrame) -> go.Figure:
@@ -117,9 +125,12 @@ def delta_spectrum_figure(spectra: dict[str, np.ndarray], methods: dict[str, str
         fig.add_trace(go.Scatter(x=np.arange(1, len(s) + 1)[keep], y=(s / s[0])[keep], mode="lines",
                                  name=_legend_name(label, methods.get(label, "")),
                                  line=dict(width=2, **styles[label])))
-    if lora_rank:
-        fig.add_vline(x=lora_rank, line=dict(color="#555555", dash="dash", width=1),
-                      annotation_text=f"LoRA rank {lora_rank}", annotation_position="top right")
+    if lora_rank and fig.data:  # a trace, not add_vline: shapes on a log axis take log10 coordinates
+        low = min(float(np.min(t.y)) for t in fig.data)
+        fig.add_trace(go.Scatter(x=[lora_rank] * 2, y=[low, 1.0], mode="lines", hoverinfo="skip",
+                                 name=f"LoRA rank {lora_rank}", line=_REFERENCE))
     fig.update_xaxes(title="index i", type="log")
     fig.update_yaxes(title="σᵢ(ΔW) / σ₁(ΔW)", type="log")
-    return _layout(fig, f"Singular spectrum of ΔW{' · ' + layer if layer else ''}", height=400)
+    _layout(fig, f"Singular spectrum of ΔW{' · ' + layer if layer else ''}", height=400)
+    _side_legend(fig)
+    return fig
