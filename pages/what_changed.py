@@ -1,6 +1,7 @@
 """What changed: ΔW = W_tuned − W_base per layer for saved runs (or two model folders),
 with the paper's claims about it beside the charts, and before/after answers."""
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -49,7 +50,7 @@ def _saved_runs() -> list[ModelPair]:
         st.info("Pick one or more runs.")
         st.stop()
     paths = dict(zip(saved["label"], saved["path"]))
-    return [ModelPair(**{**run_pair(paths[l]).__dict__, "label": l}) for l in picked]
+    return [dataclasses.replace(run_pair(paths[label]), label=label) for label in picked]
 
 
 pairs = _saved_runs() if mode == modes[0] else _two_folders()

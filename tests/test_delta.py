@@ -169,6 +169,21 @@ def test_generations_of_two_models_side_by_side():
         run_prompts({}, 0)
 
 
+def test_diff_cli_prints_before_after_generations(tmp_path, capsys):
+    from lift_core.models.loading import load_model, load_tokenizer
+
+    tuned = tmp_path / "tuned"
+    load_model("builtin", kind="causal").save_pretrained(tuned)  # unchanged: same answers
+    load_tokenizer("builtin").save_pretrained(tuned)
+    out = tmp_path / "gen.csv"
+    assert main(["diff", "--base", "builtin", "--tuned", str(tuned), "--generations", "1",
+                 "--generations-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "base -> tuned" in printed and "[target]" in printed and "[source]" in printed
+    table = pd.read_csv(out)
+    assert list(table["task"]) == ["target", "source"] and (table["base"] == table["tuned"]).all()
+
+
 def test_spread_pick_spreads():
     assert spread_pick(list(range(150)), 3) == [0, 50, 100]
     assert spread_pick([1, 2], 5) == [1, 2]
