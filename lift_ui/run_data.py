@@ -260,3 +260,48 @@ def _memory_sentence(state: dict, trained: dict) -> str | None:
             f"{state[lift][0] / 1024:,.0f} KiB of optimizer state; {method_label(dense)} trains "
             f"{trained[dense][0]:,.0f} and keeps {state[dense][0] / 1024:,.0f} KiB "
             f"({state[dense][0] / state[lift][0]:.1f}x). On Llama-2-7B the paper reports 27 GB vs 1.3 GB.")
+
+
+# config.json entries that differ between any two runs without being settings.
+_NOT_SETTINGS = ("out_dir", "overwrite", "pid", "versions", "format", "budget", "data", "setup")
+
+
+def differing_settings(table: pd.DataFrame) -> list[str]:
+    """The setting columns (records.SETTING_COLUMNS, plus lr and steps) whose values differ
+    between the rows of a runs table."""
+    from lift_core.runs.records import SETTING_COLUMNS
+
+    return [c for c in ["lr", "steps", *SETTING_COLUMNS]
+            if c in table and table[c].astype(str).nunique() > 1]
+
+
+def config_diff(records: dict[str, RunRecord]) -> pd.DataFrame:
+    """setting x run: the config.json entries (budget and data sizes included) that differ
+    between the given runs; empty when they agree, or with fewer than two runs."""
+    flat = {}
+    for label, record in records.items():
+        cfg = {k: v for k, v in record.config.items() if k not in _NOT_SETTINGS}
+        budget = record.config.get("budget") or {}
+        cfg.update({f"budget.{k}": v for k, v in budget.items() if not isinstance(v, (list, dict))})
+        cfg.update({f"data.{k}": v for k, v in (record.config.get("data") or {}).items()})
+        flat[label] = {k: (None if v is None else str(v)) for k, v in cfg.items()}
+    frame = pd.DataFrame(flat)
+    if frame.shape[1] < 2:
+        return frame.iloc[0:0]
+    differs = frame.apply(lambda row: row.nunique(dropna=False) > 1, axis=1)
+    out = frame[differs].fillna("–")
+    out.index.name = "setting"
+    return out
+
+
+def filter_runs(table: pd.DataFrame, text: str = "", statuses: list[str] | None = None) -> pd.DataFrame:
+    """Rows whose label, name, tags, notes or method contain every word of ``text`` (any
+    case), and whose status is one of ``statuses`` (all when None or empty)."""
+    keep = pd.Series(True, index=table.index)
+    if statuses:
+        keep &= table["status"].isin(statuses)
+    haystack = table.reindex(columns=["label", "name", "tags", "notes", "method"]).fillna("").astype(str).agg(
+        " ".join, axis=1).str.lower()
+    for word in text.lower().split():
+        keep &= haystack.str.contains(word, regex=False)
+    return table[keep]

@@ -293,11 +293,12 @@ def run_label(path: Path) -> str:
 def _signature(paths) -> tuple:
     # A record changes while it runs: key the cache on its files' sizes and mtimes, and on
     # whether its writer still lives (a killed run changes no file).
+    from lift_core.runs.notes import NOTES_FILE
     from lift_core.runs.records import CLAIM_FILE, owner_state, read_claim
 
     sig = []
     for p in paths:
-        for name in ("config.json", "metrics.jsonl", "summary.json", CLAIM_FILE):
+        for name in ("config.json", "metrics.jsonl", "summary.json", CLAIM_FILE, NOTES_FILE):
             f = Path(p) / name
             sig.append((str(f), f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else (str(f),))
         claim = read_claim(Path(p))

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from lift_ui import live_panel, run_data, train_form
+from lift_ui import live_panel, run_data, run_manager, train_form
 from lift_ui.figures import training as figs
 from lift_ui.sidebar import require_app_navigation
 
@@ -18,21 +18,40 @@ if len(unreadable):
     st.warning(f"{len(unreadable)} run record(s) cannot be read: "
                + "; ".join(f"{label}: {note}" for label, note in zip(unreadable["label"], unreadable["note"])))
 
-labels = list(table["label"])
+left, right = st.columns([3, 2])
+words = left.text_input("Filter runs", placeholder="words in the folder, name, tags, notes or method",
+                        key="runs_filter")
+statuses = right.multiselect("Status", sorted(table["status"].dropna().unique()), key="runs_status")
+found = run_data.filter_runs(table, words, statuses)
+labels = list(found["label"])
+names = dict(zip(table["label"], table["name"].fillna("")))
 default = [l for l in labels if l.startswith("sample_runs/")] or labels[-5:]
-picked = st.multiselect(f"Runs to compare ({len(labels)} found)", labels, default=default, key="runs_picked")
+picked = st.multiselect(f"Runs to compare ({len(labels)} found)", labels, default=default, key="runs_picked",
+                        format_func=lambda l: f"{names[l]} ({l})" if names.get(l) else l)
 if not picked:
     st.info("Pick one or more runs.")
+    run_manager.manage_panel(table)
     st.stop()
 shown = table[table["label"].isin(picked)]
 
-columns = ["label", "method", "seed", "lr", "status", "steps_done", "steps", "target_acc_before", "target_acc",
-           "source_acc_before", "source_acc", "forgetting", "trainable_params", "optimizer_state_bytes",
-           "seconds_per_step", "wall_seconds", "note"]
-st.dataframe(shown[columns], hide_index=True, column_config={
-    c: st.column_config.NumberColumn(format="percent") for c in columns if "acc" in c or c == "forgetting"})
-st.download_button("Download the table (CSV)", shown.drop(columns=["path"]).to_csv(index=False),
-                   file_name="lift_runs.csv", mime="text/csv", key="runs_csv")
+# Every setting in which the picked runs differ is a column, next to the results.
+settings = [c for c in run_data.differing_settings(shown) if c not in ("lr", "steps")]
+columns = ["label", "name", "tags", "method", "seed", "lr", "steps", *settings, "status", "steps_done",
+           "target_acc_before", "target_acc", "source_acc_before", "source_acc", "forgetting",
+           "trainable_params", "optimizer_state_bytes", "seconds_per_step", "wall_seconds", "note"]
+config = {c: st.column_config.NumberColumn(format="percent") for c in columns if "acc" in c or c == "forgetting"}
+config["label"] = st.column_config.TextColumn(pinned=True)  # stays in view while scrolling sideways
+st.dataframe(shown[columns], hide_index=True, column_config=config,
+             height=min(38 + 35 * len(shown), 600))  # every row without an inner scroll, up to ~16
+st.download_button("Download the table (CSV, every setting and result)",
+                   shown.drop(columns=["path"]).to_csv(index=False), file_name="lift_runs.csv", mime="text/csv", key="runs_csv")
+diff = run_data.config_diff(train_form.records_for(shown))
+with st.expander(f"Config diff of the picked runs ({len(diff)} settings differ)"):
+    if diff.empty:
+        st.caption("The picked runs have the same settings" if len(shown) > 1 else "Pick two or more runs.")
+    else:
+        st.table(diff)
+run_manager.manage_panel(table)
 
 data = train_form.long_metrics(train_form.records_for(shown))
 opts = live_panel.chart_options(st, "runs")

@@ -85,3 +85,37 @@ def test_runs_page_renders_the_shipped_sample_runs(tmp_path, monkeypatch):
     at = _open("runs")
     assert at.multiselect(key="runs_picked").value
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_runs_page_names_filters_diffs_deletes_and_restores(tmp_path, monkeypatch):
+    samples = write_sample_set(tmp_path / "samples", seeds=(0,))
+    runs = tmp_path / "runs"
+    write_run(runs / "lift-a", "lift", 7)
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(samples))
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(runs))
+    at = _open("runs")
+    table = at.dataframe[0].value
+    assert {"seed", "lr", "name", "tags"} <= set(table.columns)  # differing settings are columns
+    assert at.table and "method" in list(at.table[0].value.index)  # the config diff of the picked runs
+    at.text_input(key="runs_filter").set_value("magnitude").run()
+    assert at.multiselect(key="runs_picked").options == ["sample_runs/magnitude-seed0"]
+    at.text_input(key="runs_filter").set_value("").run()
+
+    at.selectbox(key="runs_manage_pick").set_value("runs/lift-a").run()
+    boxes = {w.label: w for w in at.text_input}
+    boxes["Name"].set_value("my first run")
+    boxes["Tags (comma-separated)"].set_value("demo, lr")
+    at.button[[b.label for b in at.button].index("Save")].click().run()
+    assert not at.exception, at.exception
+    at.text_input(key="runs_filter").set_value("demo").run()
+    assert at.multiselect(key="runs_picked").options == ["my first run (runs/lift-a)"]  # named
+    at.text_input(key="runs_filter").set_value("").run()
+
+    at.button(key="runs_trash").click().run()
+    assert not at.exception, at.exception
+    assert not any("runs/lift-a" in o for o in at.multiselect(key="runs_picked").options)
+    restore = [b for b in at.button if b.key and b.key.startswith("runs_restore_")]
+    assert len(restore) == 1
+    restore[0].click().run()
+    assert "my first run (runs/lift-a)" in at.multiselect(key="runs_picked").options
+    assert (runs / "lift-a" / "notes.json").is_file()

@@ -237,3 +237,16 @@ def test_workshop_text_follows_the_records(samples, tmp_path):
     assert "at the pace of the recorded LIFT runs" in said
     demo = read_run(write_run(tmp_path / "demo", "lift", 0))
     assert "the last demo on this machine took" in run_data.duration_sentence(300, {"d": demo}, records)
+
+
+def test_config_diff_filter_and_differing_settings(samples):
+    records = _records(samples, ["lift-seed0", "lift-seed1", "full-seed0"])
+    diff = run_data.config_diff(records)
+    assert {"method", "seed", "lr_used", "budget.trainable_params"} <= set(diff.index)
+    assert "steps" not in diff.index and list(diff.columns) == list(records)
+    assert run_data.config_diff(_records(samples, ["lift-seed0"])).empty
+    table = runs_table(sorted(samples.iterdir()))
+    table.insert(0, "label", table["run"])
+    assert run_data.differing_settings(table) == ["lr"]  # same steps and settings, LRs per method
+    assert set(run_data.filter_runs(table, "LIFT seed1")["run"]) == {"lift-seed1"}
+    assert len(run_data.filter_runs(table, "", ["completed"])) == len(table)

@@ -26,15 +26,22 @@ from lift_core.runs.folder import (  # noqa: F401
     CLAIM_FILE, CONFIG_FILE, METRICS_FILE, RECORD_FILES, RECORD_FORMAT, SUMMARY_FILE,
     check_out_dir, describe_owner, owner_state, read_claim,
 )
+from lift_core.runs.notes import TRASH_DIR, read_notes
 from lift_core.runs.writer import PeakMemory, RunRecorder, RunWriter, library_versions  # noqa: F401
 
+# The settings a runs table carries at the end of TABLE_COLUMNS (from config.json), so runs that
+# differ in any of them can be told apart in the table and its CSV.
+SETTING_COLUMNS = [
+    "model", "lora_rank", "filter_rank", "update_interval", "batch_size", "eval_every", "eval_limit",
+    "svd", "train_data", "target_eval", "source_eval", "train_examples", "max_length",
+]
 # Columns of runs_table, in display order.
 TABLE_COLUMNS = [
     "run", "method", "seed", "lr", "steps", "status", "steps_done", "target_acc_before",
     "target_acc", "source_acc_before", "source_acc", "forgetting", "trainable_params",
     "optimizer_state_bytes", "peak_memory_bytes", "seconds_per_step", "setup_seconds",
     "mask_seconds", "first_eval_seconds", "wall_seconds", "path",
-    "eval_step", "note",
+    "eval_step", "note", "name", "tags", "notes", *SETTING_COLUMNS,
 ]
 
 
@@ -143,7 +150,9 @@ def list_runs(*roots: str | os.PathLike) -> list[Path]:
             continue
         if is_run_dir(root):
             found.add(root)
-        found.update(p.parent for p in root.rglob(METRICS_FILE) if is_run_dir(p.parent))
+        # Runs moved to the trash (lift_core.runs.notes) are not listed.
+        found.update(p.parent for p in root.rglob(METRICS_FILE)
+                     if is_run_dir(p.parent) and TRASH_DIR not in p.relative_to(root).parts)
     return sorted(found)
 
 
@@ -180,6 +189,9 @@ def _row(record: RunRecord) -> dict:
     for key in TABLE_COLUMNS:
         if key not in row:
             row[key] = (summary or {}).get(key)
+    notes = read_notes(record.path)
+    row.update(name=notes["name"], notes=notes["notes"], tags=", ".join(notes["tags"]))
+    row.update({key: cfg.get(key) for key in SETTING_COLUMNS})
     return row
 
 
