@@ -104,8 +104,11 @@ class JobManager:
         return Job(**data)
 
     def start(self, argv: list[str], *, run_dirs: list[str | Path], label: str,
-              extra: dict | None = None) -> Job:
+              extra: dict | None = None, resume: bool = False) -> Job:
         """Launch ``argv`` (arguments after ``python -m lift_core``) in the background.
+
+        ``resume``: the job continues the runs in ``run_dirs`` (``finetune --resume``), so
+        their folders may hold records.
 
         Raises:
             LiftError: when a job is already running, or a run folder already has a record.
@@ -118,7 +121,7 @@ class JobManager:
                     f"a job is already running ({running.label}, started {minutes:.0f} min ago); "
                     "wait for it to finish or stop it first: one job at a time per machine"
                 )
-            for run_dir in run_dirs:
+            for run_dir in () if resume else run_dirs:
                 if Path(run_dir).exists() and any(Path(run_dir).iterdir()):
                     raise LiftError(f"run folder {run_dir} already holds a run; choose another name")
             job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
