@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from lift_core.errors import LiftError
 from lift_core.runs.compare import read_compare
 from lift_core.runs.jobs import Job
 from lift_core.train.registry import method_names
 from lift_ui.figures import training as figs
 from lift_ui.run_data import (
-    ended_label, long_metrics, optimizer_state_bytes, progress_numbers, read_record, tradeoff_points,
+    SETUP_PHASES, ended_label, setup_phase, long_metrics, optimizer_state_bytes, progress_numbers, read_record, tradeoff_points,
 )
 from lift_ui.train_form import POLL_SECONDS, command_text, manager
 
@@ -84,8 +85,11 @@ def _pct(value) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
 
 
-def job_panel(kinds: tuple[str, ...], *, key: str) -> None:
-    """The running job (whatever launched it), or the last job of one of ``kinds``."""
+def job_panel(kinds: tuple[str, ...], *, key: str, reference: pd.DataFrame | None = None) -> None:
+    """The running job (whatever launched it), or the last job of one of ``kinds``.
+
+    ``reference``: curves (long metrics) drawn under a single run's accuracies, e.g. the
+    recorded sample runs under the live demo."""
     mgr = manager()
     job = mgr.active()
     if job is None:
@@ -105,13 +109,35 @@ def job_panel(kinds: tuple[str, ...], *, key: str) -> None:
             with st.spinner("Stopping after the current step…"):
                 mgr.stop()
             st.rerun()
+    elif job.extra.get("kind") != "compare":
+        _resume_button(mgr, job, key)
     with where.expander("Command line of this job"):
         st.code(command_text(job.argv[3:]) if job.argv[1:3] == ["-m", "lift_core"] else job.command_line,
                 language="bash", wrap_lines=True)
-    _live(job, alive, key)
+    _live(job, alive, key, reference)
 
 
-def _live(job: Job, polling: bool, key: str) -> None:
+def _resume_button(mgr, job: Job, key: str) -> None:
+    """Resume for a stopped, failed or interrupted run that left a checkpoint."""
+    from lift_core.train.checkpoint import checkpoint_path
+
+    run_dir = job.run_dirs[0]
+    status = read_record(run_dir).status
+    if status not in ("stopped", "failed", "interrupted") or checkpoint_path(run_dir) is None:
+        return
+    if st.button("Resume", key=f"{key}_resume", icon=":material/play_arrow:",
+                 help="continue this run from its last checkpoint (finetune --resume)"):
+        try:
+            mgr.start(["finetune", "--resume", run_dir], run_dirs=[run_dir],
+                      label=job.label.removesuffix(" (resumed)") + " (resumed)",
+                      extra=job.extra, resume=True)
+        except LiftError as exc:
+            st.error(str(exc))
+            return
+        st.rerun()
+
+
+def _live(job: Job, polling: bool, key: str, reference: pd.DataFrame | None = None) -> None:
     @st.fragment(run_every=POLL_SECONDS if polling else None)
     def panel():
         if polling and not job.is_alive():
@@ -119,9 +145,19 @@ def _live(job: Job, polling: bool, key: str) -> None:
         if job.extra.get("kind") == "compare":
             compare_view(job, key)
         else:
-            run_view(job, key)
+            run_view(job, key, reference)
 
     panel()
+
+
+def _phases(job: Job, record) -> None:
+    """The set-up phases of a starting run, each ticked off as its record shows it done."""
+    now = setup_phase(record)
+    times = (record.config.get("setup") or {}) if record is not None else {}
+    done = {0: " · ".join(f"{k.removesuffix('_seconds')} {v:.1f} s" for k, v in times.items())}
+    lines = [f"{'✅' if i < now else '⏳' if i == now else '▫️'} {i + 1}. {text.capitalize()}"
+             + (f" ({done[i]})" if i < now and done.get(i) else "") for i, text in enumerate(SETUP_PHASES)]
+    st.info(f"Setting up (elapsed {_clock(time.time() - job.started)}):  \n" + "  \n".join(lines))
 
 
 def _status_box(status: str, error: str | None, job: Job) -> None:
@@ -135,15 +171,16 @@ def _status_box(status: str, error: str | None, job: Job) -> None:
         st.success("Completed.")
 
 
-def run_view(job: Job, key: str) -> None:
+def run_view(job: Job, key: str, reference: pd.DataFrame | None = None) -> None:
     """Live charts of a single run: progress, budget, loss, accuracies, mask churn."""
     steps = int(job.extra.get("steps") or 0)
     record = read_record(job.run_dirs[0])
+    if record is None and not job.is_alive():
+        _status_box("failed", None, job)
+        return
+    if job.is_alive() and setup_phase(record) < 2:
+        _phases(job, record)
     if record is None:
-        if job.is_alive():
-            st.info("Starting: loading the model and measuring accuracy before training…")
-        else:
-            _status_box("failed", None, job)
         return
     steps = int(record.config.get("steps") or steps)
     nums = progress_numbers(record, steps, wall_elapsed(job, record))
@@ -179,6 +216,8 @@ def run_view(job: Job, key: str) -> None:
                       f"{record.config.get('update_interval')} steps), over all matrices.")
     else:
         right.info(f"{record.config.get('method')} has no mask, so there is no mask churn to show.")
+    if reference is not None and opts["x"] == "step":  # recorded runs share the step axis only
+        data = pd.concat([data, reference], ignore_index=True)
     st.plotly_chart(figs.accuracy_figure(data, steps=steps, x=opts["x"]), key=f"{key}_acc")
     _schedule_and_memory(data, steps, opts["x"], key)
 

@@ -121,3 +121,42 @@ def test_resume_with_other_settings_is_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --resume takes no other")
     assert main(["finetune", "--resume", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_the_job_panel_resumes_a_stopped_run(tmp_path, monkeypatch):
+    import threading
+
+    from streamlit.testing.v1 import AppTest
+
+    from lift_core.runs.jobs import JobManager
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(root))
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(tmp_path / "no_samples"))
+    run_dir = root / "lift-stopped"
+    stop = threading.Event()
+    config = FinetuneConfig(out_dir=str(run_dir), save=False, **{**SMALL, "steps": 4})
+    finetune(config, stop_event=stop, progress=False,
+             callbacks=lambda row: stop.set() if row.get("step") == 2 else None)
+    assert checkpoint_path(run_dir) is not None  # the stop wrote one at step 2
+    # the job that ran it (already over), as the panel finds it
+    JobManager(root, launcher=[sys.executable, "-c", "pass"]).start(
+        [], run_dirs=[run_dir], label="lift, 4 steps", extra={"kind": "finetune", "steps": 4},
+        resume=True)
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.run()
+        at.switch_page("pages/finetune.py").run()
+        assert not at.exception, at.exception
+        at.button(key="ft_live_resume").click().run()
+        assert not at.exception, at.exception
+        job = JobManager(root).last()
+        assert job.argv[-2:] == ["--resume", str(run_dir)] and job.label == "lift, 4 steps (resumed)"
+        deadline = time.monotonic() + 90
+        while job.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["resumed"], job.log_tail()
+        assert [step for step, _ in _losses(run_dir)] == [1, 2, 3, 4]
+    finally:
+        JobManager(root).stop(timeout=20)
