@@ -66,6 +66,20 @@ def progress_numbers(record: RunRecord | None, steps: int, now_elapsed: float | 
     return {"done": done, "steps": steps, "elapsed": elapsed, "eta": eta}
 
 
+SETUP_PHASES = ("loading the model and computing the masks (an SVD per layer)",
+                "evaluating before training (step 0 accuracies)", "training")
+
+
+def setup_phase(record: RunRecord | None) -> int:
+    """Which of SETUP_PHASES a starting run is in, from what its record holds so far:
+    config.json is written once the model and masks are ready, the step-0 row once the
+    evaluation before training is done."""
+    if record is None:
+        return 0
+    m = record.metrics
+    return 1 if m.empty or not (m["step"] == 0).any() else 2
+
+
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"

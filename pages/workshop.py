@@ -83,4 +83,10 @@ st.markdown(f"A short LIFT run on the built-in model ({demo.steps} steps, evalua
 st.code(train_form.command_text(argv), language="bash")
 train_form.launch_button("Start the live demo", argv, [out], kind="demo", slot="demo", settings=demo,
                        steps=demo.steps, job_label=f"live demo: lift, {demo.steps} steps", key="ws_demo")
-live_panel.job_panel(("demo",), key="ws_live")
+reference = None
+if records:  # the live run is drawn against the recorded LIFT runs (mean over seeds)
+    lift_runs = {k: r for k, r in records.items() if r.config.get("method") == PRINCIPAL_METHOD}
+    if lift_runs:
+        reference = run_data.mean_curves(run_data.long_metrics(lift_runs))
+        reference["label"] = f"recorded {method_label(PRINCIPAL_METHOD)} runs (mean of {len(lift_runs)})"
+live_panel.job_panel(("demo",), key="ws_live", reference=reference)

@@ -250,3 +250,11 @@ def test_config_diff_filter_and_differing_settings(samples):
     assert run_data.differing_settings(table) == ["lr"]  # same steps and settings, LRs per method
     assert set(run_data.filter_runs(table, "LIFT seed1")["run"]) == {"lift-seed1"}
     assert len(run_data.filter_runs(table, "", ["completed"])) == len(table)
+
+
+def test_setup_phase_follows_the_record(tmp_path):
+    assert run_data.setup_phase(None) == 0  # no config.json yet: model and masks
+    run = write_run(tmp_path / "r", "lift", 0, finished=False)
+    (run / "metrics.jsonl").write_text("")
+    assert run_data.setup_phase(read_run(run)) == 1  # evaluating before training
+    assert run_data.setup_phase(read_run(write_run(tmp_path / "s", "lift", 0, finished=False))) == 2
