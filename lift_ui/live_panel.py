@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from lift_core.errors import LiftError
 from lift_core.runs.compare import read_compare
 from lift_core.runs.jobs import Job
 from lift_core.train.registry import method_names
@@ -109,10 +110,32 @@ def job_panel(kinds: tuple[str, ...], *, key: str, reference: pd.DataFrame | Non
             with st.spinner("Stopping after the current step…"):
                 mgr.stop()
             st.rerun()
+    elif job.extra.get("kind") != "compare":
+        _resume_button(mgr, job, key)
     with where.expander("Command line of this job"):
         st.code(command_text(job.argv[3:]) if job.argv[1:3] == ["-m", "lift_core"] else job.command_line,
                 language="bash", wrap_lines=True)
     _live(job, alive, key, reference)
+
+
+def _resume_button(mgr, job: Job, key: str) -> None:
+    """Resume for a stopped, failed or interrupted run that left a checkpoint."""
+    from lift_core.train.checkpoint import checkpoint_path
+
+    run_dir = job.run_dirs[0]
+    status = read_record(run_dir).status
+    if status not in ("stopped", "failed", "interrupted") or checkpoint_path(run_dir) is None:
+        return
+    if st.button("Resume", key=f"{key}_resume", icon=":material/play_arrow:",
+                 help="continue this run from its last checkpoint (finetune --resume)"):
+        try:
+            mgr.start(["finetune", "--resume", run_dir], run_dirs=[run_dir],
+                      label=job.label.removesuffix(" (resumed)") + " (resumed)",
+                      extra=job.extra, resume=True)
+        except LiftError as exc:
+            st.error(str(exc))
+            return
+        st.rerun()
 
 
 def _live(job: Job, polling: bool, key: str, reference: pd.DataFrame | None = None) -> None:
