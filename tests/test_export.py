@@ -56,6 +56,12 @@ def test_full_and_sparse_models_load_with_identical_logits(tmp_path, method):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert torch.equal(_logits(loaded, IDS), expected)
     assert torch.equal(_logits(load_model(str(tmp_path / "model"), kind="causal"), IDS), expected)
+    if method == "lift":  # the delta as peft's SHiRA adapter, padded to r*(m+n) per matrix
+        from peft import PeftModel
+
+        assert saved["shira_rank"] >= 4  # lora_rank 4, and more where a refresh added entries
+        shira = PeftModel.from_pretrained(load_model("builtin", kind="causal"), tmp_path / "shira")
+        torch.testing.assert_close(_logits(shira, IDS), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_delta_rebuilds_bit_exactly_and_refuses_another_base(tmp_path):

@@ -46,8 +46,9 @@ MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx",
                "special_tokens_map.json", "generation_config.json", "vocab.txt", "merges.txt")
 
 # What a run itself may leave beside its record (lift_core.train.export / checkpoint): the
-# fine-tuned model, its sparse delta, a LoRA-family adapter, the latest checkpoint.
-RUN_OUTPUTS = ("model", "adapter", "checkpoint", "delta.safetensors")
+# fine-tuned model, its sparse delta (also as a SHiRA adapter), a LoRA-family adapter, the
+# latest checkpoint.
+RUN_OUTPUTS = ("model", "adapter", "shira", "checkpoint", "delta.safetensors")
 
 _HELD: set[str] = set()  # tokens of the claims this process holds (its own pid is alive)
 

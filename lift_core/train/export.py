@@ -7,7 +7,8 @@ At the end of a completed run with ``save`` (:func:`save_run_outputs`):
 - sparse methods also ``RUN_DIR/delta.safetensors``: per trained matrix the flat indices of
   every entry whose bits changed (the union over mask refreshes) and their new values, with
   the base's name and a sha256 of its block-linear weights; :func:`apply_delta` rebuilds the
-  tuned model bit-exactly from the base and refuses another base;
+  tuned model bit-exactly from the base and refuses another base; the same update also as
+  peft's SHiRA adapter in ``RUN_DIR/shira/`` where peft's format can hold it;
 - the LoRA family: the peft adapter in ``RUN_DIR/adapter/`` (PiSSA's converted to a plain
   LoRA of rank 2r that loads onto the original base), and with ``merge`` the merged full
   weights in ``RUN_DIR/model/``.
@@ -27,7 +28,7 @@ from lift_core.train.registry import get_method
 
 DELTA_FILE = "delta.safetensors"
 DELTA_FORMAT = "lift-delta/1"
-MODEL_DIR, ADAPTER_DIR = "model", "adapter"
+MODEL_DIR, ADAPTER_DIR, SHIRA_DIR = "model", "adapter", "shira"
 # PiSSA's adapter as initialised (before training), kept while the run goes on so that the
 # trained adapter can be converted to a LoRA for the original base (peft's recipe).
 # peft loads it as an adapter named after the last path part, which must be a plain name.
@@ -127,6 +128,46 @@ def apply_delta(base: str, delta: str | os.PathLike, out_dir: str | os.PathLike,
     return {"entries": entries, "layers": len(weights)}
 
 
+def save_shira(base_model, tuned_model, out_dir: str | os.PathLike) -> int | str:
+    """Write the sparse update of ``tuned_model`` as peft's SHiRA adapter on ``base_model``.
+
+    peft's SHiRA keeps exactly r*(m+n) entries per matrix for one r; r is the smallest that
+    holds every matrix's changed entries, the rest padded with zero-valued entries.
+    ``base_model`` is wrapped in place (pass a copy you no longer need).
+
+    Returns:
+        The SHiRA rank r, or why no adapter was written (r*(m+n) would exceed some m*n).
+    """
+    from peft import ShiraConfig, get_peft_model
+
+    tuned, masks, deltas, r = block_linear_weights(tuned_model), {}, {}, 1
+    for name, weight in block_linear_weights(base_model).items():
+        indices, values = changed_entries(weight, tuned[name])
+        deltas[name] = (indices.long(), values - weight.detach().reshape(-1)[indices.long()])
+        m, n = weight.shape
+        r = max(r, -(-indices.numel() // (m + n)))
+    for name, weight in block_linear_weights(base_model).items():
+        (m, n), (indices, values) = weight.shape, deltas[name]
+        if r * (m + n) > m * n:
+            return (f"SHiRA needs r*(m+n) <= m*n; {indices.numel()} changed entries of "
+                    f"{name} need r={r}")
+        mask = torch.zeros(m * n, dtype=torch.bool)
+        mask[indices] = True
+        mask[(~mask).nonzero().reshape(-1)[: r * (m + n) - indices.numel()]] = True  # padding
+        flat = torch.zeros(m * n, dtype=values.dtype)
+        flat[indices] = values
+        masks[id(weight)] = (mask.reshape(m, n), flat[mask])  # values in SHiRA's (row-major) order
+    config = ShiraConfig(r=r, target_modules=list(deltas), init_weights=True)
+    config.mask_fn = lambda layer, _r, **_: masks[id(layer.weight)][0].to(layer.weight)
+    wrapped = get_peft_model(base_model, config)
+    with torch.no_grad():
+        for name, module in wrapped.named_modules():
+            if hasattr(module, "shira_weight") and "default" in module.shira_weight:
+                module.shira_weight["default"].copy_(masks[id(module.base_layer.weight)][1])
+    wrapped.save_pretrained(str(out_dir))
+    return r
+
+
 def _save_pretrained(model, tokenizer, out_dir) -> None:
     model.save_pretrained(str(out_dir), safe_serialization=True)
     if tokenizer is not None:
@@ -178,6 +219,12 @@ def save_run_outputs(trainer, run_dir: str | os.PathLike) -> dict:
                            method=cfg.method)
         result["saved"].append(DELTA_FILE)
         result.update(delta_bytes=delta["bytes"], delta_entries=delta["entries"])
+        shira = save_shira(base, model, run_dir / SHIRA_DIR)
+        if isinstance(shira, int):
+            result["saved"].append(SHIRA_DIR)
+            result["shira_rank"] = shira
+        else:
+            result["shira_skipped"] = shira
     return result
 
 
