@@ -8,6 +8,7 @@ import streamlit as st
 
 from lift_core.analysis.delta import ModelPair, run_pair, saved_model_dir
 from lift_core.errors import LiftError
+from lift_core.train.registry import PRINCIPAL_METHOD
 from lift_ui import caches, train_form
 from lift_ui.figures import delta as figs
 from lift_ui.sidebar import require_app_navigation
@@ -70,9 +71,9 @@ left, right = st.columns(2)
 left.plotly_chart(figs.per_layer_figure(table, "rel_delta_fro"), key="wc_size")
 left.caption(
     "**Size.** ‖ΔW‖_F / ‖W‖_F: how far each matrix moved, relative to its own size. The paper "
-    "finds LIFT's ΔW has *larger entries* than LoRA's (it spends its whole budget on a few "
-    "weights), close to full fine-tuning's in size. The table's `max_abs_delta` is the largest "
-    "single change.")
+    "finds LIFT's ΔW has *larger entries* than full fine-tuning's and LoRA's: it spends the "
+    "whole change on few weights. Compare the table's `max_abs_delta` (largest single change) "
+    "and `changed_fraction` (entries that moved at all, the union over mask refreshes).")
 right.plotly_chart(figs.per_layer_figure(table, "delta_effective_rank", lora_rank=lora_rank), key="wc_rank")
 right.caption(
     f"**Rank.** Effective rank of ΔW (exp of the entropy of its normalised singular values). A "
@@ -91,9 +92,11 @@ left.caption(
 right.plotly_chart(figs.per_layer_figure(table, "left_angle_max_deg"), key="wc_angle")
 right.caption(
     "**Rotation.** The largest principal angle between the top-r left singular subspaces of W "
-    "and W + ΔW (the table also has the input side and the mean cos²; 1 = unchanged). The paper "
-    "argues that updating principal weights moves the principal subspace more than LoRA does, "
-    "while full fine-tuning rotates it least relative to its size.")
+    "and W + ΔW (the table also has the input side, the mean cos² — 1 = unchanged — and the "
+    "relative change of the spectral norm σ₁). Principal weights are defined by these top "
+    "directions, so this shows how far each method turns what LIFT set out to protect; the "
+    "paper's noise test finds that changing principal weights moves the spectral norm far more "
+    "than changing random or large-magnitude ones.")
 
 layers = list(table.drop_duplicates("layer")["layer"])
 layer = st.selectbox("Layer for the spectrum of ΔW", layers, key="wc_layer")
@@ -107,7 +110,8 @@ st.caption("Normalised singular values of ΔW for one layer. LoRA's spectrum end
 st.subheader("Before and after")
 by_label = {p.label: p for p in pairs}
 c1, c2 = st.columns([3, 1])
-who = c1.selectbox("Run", list(by_label), key="wc_gen_run")
+lift_first = next((i for i, p in enumerate(pairs) if p.method == PRINCIPAL_METHOD), 0)
+who = c1.selectbox("Run", list(by_label), index=lift_first, key="wc_gen_run")
 n = c2.number_input("Prompts per task", 1, 20, 4, key="wc_gen_n")
 if st.button("Generate answers (base and tuned)", key="wc_gen"):
     st.session_state["wc_gen_for"] = (who, int(n))

@@ -203,15 +203,25 @@ def _long_table():
 def test_per_layer_figure_has_a_line_per_run_in_the_methods_colours():
     fig = figs.per_layer_figure(_long_table(), "delta_effective_rank", lora_rank=4)
     assert [t.name for t in fig.data] == ["LIFT · lift-s0", "LoRA · lora-s0", "LoRA rank 4"]
-    assert list(fig.layout.xaxis.ticktext) == ["0.q", "0.k", "0.v"]
+    assert list(fig.layout.xaxis.ticktext) == ["0.q", "0.k", "0.v"]  # one block: every layer named
+    assert list(fig.data[0].text) == ["0.q", "0.k", "0.v"]  # the hover names the layer
     assert fig.data[0].line.color != fig.data[1].line.color and fig.layout.yaxis.type == "log"
     assert list(fig.data[2].y) == [4, 4]  # in data units, also on the log axis
     assert list(fig.layout.yaxis.tickvals) == [5, 10, 20]  # 1-2-5 ticks within 3.5..30, in full
 
 
+def test_layers_of_several_blocks_are_ticked_by_block():
+    table = pd.concat([_long_table(), _long_table().assign(block=1)], ignore_index=True)
+    table["layer"] = [f"model.layers.{b}.{r}" for b, r in zip(table["block"], table["role"])]
+    fig = figs.per_layer_figure(table, "rel_delta_fro")
+    assert list(fig.layout.xaxis.ticktext) == ["block 0", "block 1"]
+    assert list(fig.layout.xaxis.tickvals) == [0, 3]
+
+
 def test_mask_energy_and_spectrum_figures():
     fig = figs.mask_energy_figure(_long_table())
-    assert len(fig.data) == 2 and list(fig.data[0].y) == [0.9, 0.9]
+    assert len(fig.data) == 3 and list(fig.data[0].y) == [0.9, 0.9]
+    assert list(fig.data[2].y) == [0.06, 0.06] and "6.0%" in fig.data[2].name
     spectra = {"lift-s0": np.linspace(1, 0.1, 20), "lora-s0": np.array([1.0, 0.5, 1e-9, 0.0])}
     fig = figs.delta_spectrum_figure(spectra, {"lift-s0": "lift", "lora-s0": "lora"}, lora_rank=2)
     assert len(fig.data) == 3 and len(fig.data[1].y) == 2  # round-off below 1e-6 σ₁ dropped

@@ -31,6 +31,21 @@ PER_LAYER_MEASURES = {
 }
 
 
+def _legend_below(fig: go.Figure) -> None:
+    # Half-width charts: a legend beside the plot would take half of it; below it takes none.
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
+                      margin=dict(b=40))
+
+
+def _block_ticks(labels: list[str]) -> dict:
+    """Ticks at the first layer of each block ("block 0", ...): every layer's label does not fit."""
+    starts = [(i, label.split(".")[0]) for i, label in enumerate(labels)
+              if i == 0 or label.split(".")[0] != labels[i - 1].split(".")[0]]
+    if len(starts) < 2:  # no blocks to speak of: label every layer
+        return dict(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels, tickangle=-60)
+    return dict(tickmode="array", tickvals=[i for i, _ in starts], ticktext=[f"block {b}" for _, b in starts])
+
+
 def layer_labels(table: pd.DataFrame) -> list[str]:
     """``<block>.<role>`` for each distinct layer, in the table's order."""
     layers = table.drop_duplicates("layer")
@@ -69,15 +84,14 @@ def per_layer_figure(table: pd.DataFrame, column: str, *, lora_rank: int | None 
     if lora_rank:  # a trace, not add_hline: shapes on a log axis take log10 coordinates
         fig.add_trace(go.Scatter(x=[-0.5, len(labels) - 0.5], y=[lora_rank] * 2, mode="lines",
                                  name=f"LoRA rank {lora_rank}", line=_REFERENCE, hoverinfo="skip"))
-    fig.update_xaxes(title="layer (block.role)", tickmode="array", tickvals=list(range(len(labels))),
-                     ticktext=labels, tickangle=-60)
+    fig.update_xaxes(title="layer, in model order (hover for block.role)", **_block_ticks(labels))
     fig.update_yaxes(title=y_title, type="log" if log_y else "linear")
     values = table[column].to_numpy(dtype=float)
     values = values[np.isfinite(values) & (values > 0)]
     if log_y and len(values):
         fig.update_yaxes(**log_ticks(min(values.min(), lora_rank or np.inf), max(values.max(), lora_rank or 0)))
-    _layout(fig, title, height=400)
-    _side_legend(fig)
+    _layout(fig, title, height=440)
+    _legend_below(fig)
     return fig
 
 
@@ -97,10 +111,11 @@ def mask_energy_figure(table: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Bar(x=names, y=summary["energy_on_magnitude_mask"], name="on the magnitude mask",
                          marker_color=method_color("magnitude"),
                          hovertemplate="%{x}<br>magnitude mask: %{y:.1%}<extra></extra>"))
-    if len(summary):
+    if len(summary):  # in the legend: a label on the line would sit on the bars
         share = float(summary["mask_share"].median())
-        fig.add_hline(y=share, line=dict(color="#555555", dash="dot", width=1),
-                      annotation_text=f"mask share of entries {share:.1%}", annotation_position="top left")
+        fig.add_trace(go.Scatter(x=names, y=[share] * len(names), mode="lines", hoverinfo="skip",
+                                 name=f"the masks' share of the entries ({share:.1%})",
+                                 line=dict(color="#555555", dash="dot", width=1)))
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="share of ‖ΔW‖_F² (median over layers)", tickformat=".0%", range=[0, 1.05])
     return _layout(fig, "Where ΔW's energy sits", height=400)
@@ -131,6 +146,10 @@ def delta_spectrum_figure(spectra: dict[str, np.ndarray], methods: dict[str, str
                                  name=f"LoRA rank {lora_rank}", line=_REFERENCE))
     fig.update_xaxes(title="index i", type="log")
     fig.update_yaxes(title="σᵢ(ΔW) / σ₁(ΔW)", type="log")
+    if fig.data:
+        longest = max(len(t.x) for t in fig.data)
+        fig.update_xaxes(**log_ticks(1, max(longest, lora_rank or 1)))
+        fig.update_yaxes(**log_ticks(min(float(np.min(t.y)) for t in fig.data), 1.0))
     _layout(fig, f"Singular spectrum of ΔW{' · ' + layer if layer else ''}", height=400)
     _side_legend(fig)
     return fig
