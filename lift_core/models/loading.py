@@ -3,15 +3,13 @@
 A model is named by an embedded alias (``minilm``, ``builtin``), a local directory, or a hub
 id. Weights load from safetensors only unless the caller opts out, and remote code stays off
 unless opted in (and transformers is never left to ask on stdin). An operator can confine
-local model directories to allowed folders with ``LIFT_MODEL_ROOTS``. Every linear layer (``nn.Linear`` and GPT-2's transposed ``Conv1D``) is
-listed with its block index and role (q, k, v, o, gate, up, down, ...).
+local model directories to allowed folders with ``LIFT_MODEL_ROOTS``. The layer listing
+(:mod:`.layers`) is re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +18,10 @@ from torch import nn
 
 from lift_core.allowed_paths import MODEL_ROOTS_ENV, allowed_roots, confine
 from lift_core.errors import LiftError
+# Re-exported: callers list a loaded model's layers from here.
+from lift_core.models.layers import (  # noqa: F401
+    LinearLayer, layer_parameter, layer_role, layer_weight, layers_table, list_linear_layers,
+)
 
 
 def _minilm_dir() -> str:
@@ -50,116 +52,6 @@ DEFAULT_EXPLORE_MODEL = "minilm"
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
            "float16": torch.float16}
 WEIGHT_DTYPES = tuple(_DTYPES)
-
-# Leaf module name -> role, for the naming schemes of Llama, GPT-2, BERT, OPT, Falcon, ...
-_LEAF_ROLES = {
-    **dict.fromkeys(["q_proj", "query", "q", "wq", "q_lin"], "q"),
-    **dict.fromkeys(["k_proj", "key", "k", "wk", "k_lin"], "k"),
-    **dict.fromkeys(["v_proj", "value", "v", "wv", "v_lin"], "v"),
-    **dict.fromkeys(["c_attn", "qkv_proj", "query_key_value", "Wqkv", "qkv"], "qkv"),
-    **dict.fromkeys(["o_proj", "out_proj", "wo", "out_lin"], "o"),
-    **dict.fromkeys(["gate_proj", "w1"], "gate"),
-    "gate_up_proj": "gate_up",  # Phi-3: gate and up fused in one matrix
-    **dict.fromkeys(["up_proj", "w3", "c_fc", "fc1", "lin1", "dense_h_to_4h"], "up"),
-    **dict.fromkeys(["down_proj", "w2", "fc2", "lin2", "dense_4h_to_h"], "down"),
-    **dict.fromkeys(["lm_head", "embed_out"], "lm_head"),
-}
-_BLOCK_INDEX = re.compile(r"\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class LinearLayer:
-    """One linear layer of a model, described for tables and pickers."""
-
-    name: str  # module path, e.g. "model.layers.0.self_attn.q_proj"
-    block: int | None  # transformer block index, None outside the blocks
-    role: str  # q, k, v, o, qkv, gate, up, down, lm_head, or the leaf name
-    shape: tuple[int, int]  # (out, in), whatever the storage layout
-    transposed: bool  # True for Conv1D, whose parameter is stored (in, out)
-
-    @property
-    def numel(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    @property
-    def label(self) -> str:
-        where = f"block {self.block}" if self.block is not None else "outside blocks"
-        return f"{where} · {self.role} · {self.shape[0]}x{self.shape[1]}"
-
-
-def layer_role(name: str) -> str:
-    """Role of a linear layer from its module path (q, k, v, o, gate, up, down, ...)."""
-    parts = name.split(".")
-    leaf, parent = parts[-1], (parts[-2] if len(parts) > 1 else "")
-    if leaf in _LEAF_ROLES:
-        return _LEAF_ROLES[leaf]
-    if leaf == "dense":  # BERT-style blocks reuse the name "dense" three times
-        # BERT: attention.output.dense; Falcon: self_attention.dense
-        if any(p.endswith("attention") for p in parts):
-            return "o"
-        return {"intermediate": "up", "output": "down"}.get(parent, leaf)
-    if leaf == "c_proj":  # GPT-2 uses c_proj for both the attention output and the MLP
-        return "o" if parent in ("attn", "attention") else "down"
-    return leaf
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    # transformers' GPT-2 style Conv1D stores its weight (in, out).
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-
-
-def list_linear_layers(model: nn.Module, *, blocks_only: bool = False) -> list[LinearLayer]:
-    """Every nn.Linear / Conv1D of ``model``, in module order.
-
-    Args:
-        model: any torch module.
-        blocks_only: keep only layers inside numbered transformer blocks (what LIFT trains).
-
-    Raises:
-        LiftError: when the model has no linear layers.
-    """
-    layers = []
-    for name, module in model.named_modules():
-        conv = _is_conv1d(module)
-        if not (isinstance(module, nn.Linear) or conv):
-            continue
-        weight = module.weight
-        shape = (weight.shape[1], weight.shape[0]) if conv else tuple(weight.shape)
-        match = _BLOCK_INDEX.search(f".{name}.")
-        block = int(match.group(1)) if match else None
-        if blocks_only and block is None:
-            continue
-        layers.append(LinearLayer(name, block, layer_role(name), shape, conv))
-    if not layers:
-        raise LiftError(f"{type(model).__name__} has no linear layers to analyze")
-    return layers
-
-
-def layer_weight(model: nn.Module, layer: LinearLayer | str) -> torch.Tensor:
-    """The layer's weight viewed as (out, in) (a view: no copy)."""
-    name = layer if isinstance(layer, str) else layer.name
-    try:
-        module = model.get_submodule(name)
-    except AttributeError as exc:
-        raise LiftError(f"the model has no layer named {name!r}") from exc
-    weight = module.weight.detach()
-    return weight.t() if _is_conv1d(module) else weight
-
-
-def layers_table(model: nn.Module):
-    """A pandas DataFrame with one row per linear layer: name, block, role, shape, params."""
-    import pandas as pd
-
-    rows = [
-        {"layer": l.name, "block": l.block, "role": l.role, "out": l.shape[0],
-         "in": l.shape[1], "params": l.numel}
-        for l in list_linear_layers(model)
-    ]
-    table = pd.DataFrame(rows)
-    # Nullable integers: block 0, 1, ... and <NA> outside the blocks, never 0.0 / NaN.
-    table["block"] = table["block"].astype("Int64")
-    return table
-
 
 # --- resolving and loading -------------------------------------------------------------
 

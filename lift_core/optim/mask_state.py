@@ -2,7 +2,10 @@
 
 A masked parameter's optimizer state is ``{"step", "indices", "exp_avg", "exp_avg_sq"}``:
 the sorted flat indices of its k trained entries (int32 when they fit) and two 1-D fp32
-moments of length k. :class:`MaskLifecycle` creates that state from the weights at
+moments of length k. A 3-D parameter (experts, out, in), a mixture-of-experts block's
+experts, is a stack of matrices: each expert gets its own mask and budget, and the state
+holds their union as flat indices into the whole parameter, so the update, the gradient
+gathering and the refresh treat it like any other parameter. :class:`MaskLifecycle` creates that state from the weights at
 construction, recomputes the mask from the current weights every ``update_interval``
 steps (entries that stay keep their moments, entries that enter start at zero, ``step``
 goes on), and logs one churn event per refresh step.
@@ -25,20 +28,23 @@ def select_mask(p: torch.Tensor, group: dict, position: int, refresh: int) -> to
     """Sorted flat indices (int32 when they fit) of ``p``'s mask at the given refresh.
 
     Args:
-        p: a 2-D weight; the mask is computed from its current values.
+        p: a 2-D weight, or a 3-D stack of expert matrices (one mask each); the mask is
+            computed from its current values.
         group: the param group (``mask``, ``lora_rank``, ``filter_rank``, ``svd``, ``seed``).
         position: p's index over all groups (state_dict order); seeds random choices.
         refresh: 0 for the first mask, then the number of the refresh.
     """
-    k = lora_budget(tuple(p.shape), group["lora_rank"])
+    matrices = p.detach() if p.ndim == 3 else p.detach().unsqueeze(0)  # (experts, out, in)
+    k = lora_budget(tuple(matrices.shape[1:]), group["lora_rank"])
     # Seeded by (seed, parameter, refresh) so a resumed run draws the same random masks.
     generator = torch.Generator().manual_seed(
         (group["seed"] * 1_000_003 + position * 10_007 + refresh) % 2**63
     )
-    mask = compute_mask(
-        group["mask"], p.detach(), k=k, filter_rank=group["filter_rank"],
-        svd=group["svd"], generator=generator,
-    )
+    mask = torch.stack([
+        compute_mask(group["mask"], matrix, k=k, filter_rank=group["filter_rank"],
+                     svd=group["svd"], generator=generator)
+        for matrix in matrices
+    ])
     indices = mask.reshape(-1).nonzero().squeeze(1)  # nonzero returns them sorted
     return indices.int() if p.numel() < _INT32_NUMEL_LIMIT else indices
 
@@ -157,16 +163,17 @@ def check_mask_settings(group: dict) -> None:
     if group["lora_rank"] is None:
         raise LiftError(f"mask {name!r} needs lora_rank (the budget rank)")
     for p in group["params"]:
-        if p.ndim != 2 or not p.is_floating_point() or not p.is_contiguous():
+        if p.ndim not in (2, 3) or not p.is_floating_point() or not p.is_contiguous():
             raise LiftError(
-                f"mask {name!r} needs contiguous 2-D float weights, got a "
-                f"{p.dtype} tensor of shape {tuple(p.shape)}"
+                f"mask {name!r} needs contiguous 2-D float weights (or 3-D expert stacks), "
+                f"got a {p.dtype} tensor of shape {tuple(p.shape)}"
             )
-        lora_budget(tuple(p.shape), group["lora_rank"])
+        matrix_shape = tuple(p.shape[-2:])  # one expert's (out, in) for a 3-D stack
+        lora_budget(matrix_shape, group["lora_rank"])
         if MASK_STRATEGIES[name].uses_filter_rank:
             if group["filter_rank"] is None:
                 raise LiftError(f"mask {name!r} needs filter_rank")
-            check_filter_rank(tuple(p.shape), group["filter_rank"])
+            check_filter_rank(matrix_shape, group["filter_rank"])
 
 
 def _is_whole(x) -> bool:

@@ -22,7 +22,7 @@ from torch import nn
 from lift_core import checks
 from lift_core.errors import LiftError
 from lift_core.lowrank.masks import MASK_STRATEGIES, budget_is_clipped, lora_budget
-from lift_core.models.loading import list_linear_layers
+from lift_core.models.loading import layer_parameter, list_linear_layers
 # check_method and default_lr are re-exported: callers set methods up through this module.
 from lift_core.train.registry import (  # noqa: F401
     METHOD_REGISTRY,
@@ -91,6 +91,8 @@ def budget_rows(model: nn.Module, method: str, lora_rank: int) -> list[dict]:
     spec = get_method(method)
     rows = []
     for layer in list_linear_layers(model, blocks_only=True):
+        if spec.kind == "adapter" and layer.expert is not None:
+            continue  # peft adapts modules, not one expert of a 3-D parameter
         row = {"layer": layer.name, "role": layer.role, "shape": list(layer.shape)}
         if spec.kind == "dense":
             k, clipped = layer.numel, False
@@ -117,6 +119,15 @@ def _warn_if_clipped(rows: list[dict], method: str, lora_rank: int) -> None:
     else:
         log.warning("budget rank %d gives (m+n)*rank > m*n in %d of %d layers: %s trains "
                     "those whole matrices", lora_rank, len(clipped), len(rows), method)
+
+
+def _warn_if_experts_left_out(model: nn.Module, method: str) -> None:
+    experts = [l for l in list_linear_layers(model, blocks_only=True) if l.expert is not None]
+    if experts:
+        log.warning("%s does not adapt the %d expert matrices of this mixture-of-experts "
+                    "model (adapters are placed on modules here, and the experts are one 3-D "
+                    "parameter per block): it trains the other block linears only",
+                    method, len(experts))
 
 
 def check_filter_rank_fits(model: nn.Module, method: str, filter_rank: int) -> None:
@@ -165,12 +176,15 @@ def setup_method(
     _warn_if_clipped(rows, method, lora_rank)
     model.requires_grad_(False)
     if spec.kind == "adapter":
+        _warn_if_experts_left_out(model, method)
         ranks = {row["layer"]: row["lora_rank"] for row in rows}
         model, params = _wrap_adapter(model, spec.adapter, ranks, lora_rank, svd=svd)
         groups, trainable = [{"params": params}], sum(p.numel() for p in params)
     else:
-        names = [row["layer"] for row in rows]
-        weights = [model.get_submodule(name).weight.requires_grad_(True) for name in names]
+        # One parameter per layer, except an experts parameter: one for all its experts.
+        by_name = dict(layer_parameter(model, row["layer"]) for row in rows)
+        names = list(by_name)
+        weights = [p.requires_grad_(True) for p in by_name.values()]
         mask_settings = {"mask": spec.mask, "lora_rank": lora_rank, "filter_rank": filter_rank,
                          "update_interval": update_interval, "svd": svd, "seed": seed}
         groups = [{"params": weights}] if spec.kind == "dense" else [
