@@ -106,3 +106,14 @@ def test_lora_says_it_leaves_the_experts_out(mixtral_dir, caplog):
         trainer = Trainer(config).setup()
     assert any("does not adapt the 16 expert matrices" in r.getMessage() for r in caplog.records)
     assert all("[" not in r["layer"] for r in trainer.method_setup.layers)
+
+
+def test_layers_cli_shows_the_expert_index(mixtral_dir, capsys):
+    from lift_core.cli.main import main
+
+    assert main(["layers", "--model", mixtral_dir]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["layer", "block", "role", "expert", "out", "in", "params"]
+    assert lines[1].split()[:3] == ["model.layers.0.self_attn.q_proj", "0", "q"]  # no expert
+    assert lines[5].split()[:4] == ["model.layers.0.mlp.experts.gate_up_proj[0]", "0", "gate_up", "0"]
+    assert "<NA>" not in "\n".join(lines)

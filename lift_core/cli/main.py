@@ -101,7 +101,9 @@ def _run_layers(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # stdout is the table; no loading bar around it
     model = load_model(args.model, trust_remote_code=args.trust_remote_code)
     table = layers_table(model)
-    table["block"] = table["block"].astype("string").fillna("")  # blank outside the blocks
+    for column in ("block", "expert"):  # integers; blank outside the blocks / experts
+        if column in table:
+            table[column] = table[column].astype("string").fillna("")
     print(table.to_string(index=False))
     return 0
 
