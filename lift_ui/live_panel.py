@@ -123,7 +123,8 @@ def _resume_button(mgr, job: Job, key: str) -> None:
     from lift_core.train.checkpoint import checkpoint_path
 
     run_dir = job.run_dirs[0]
-    status = read_record(run_dir).status
+    record = read_record(run_dir)  # None while (or when) there is no record
+    status = record.status if record is not None else None
     if status not in ("stopped", "failed", "interrupted") or checkpoint_path(run_dir) is None:
         return
     if st.button("Resume", key=f"{key}_resume", icon=":material/play_arrow:",
@@ -156,7 +157,9 @@ def _phases(job: Job, record) -> None:
     now = setup_phase(record)
     times = (record.config.get("setup") or {}) if record is not None else {}
     done = {0: " · ".join(f"{k.removesuffix('_seconds')} {v:.1f} s" for k, v in times.items())}
-    lines = [f"{'✅' if i < now else '⏳' if i == now else '▫️'} {i + 1}. {text.capitalize()}"
+    # Material icons: emoji may have no font on the server's viewers (seen as boxes).
+    marks = (":material/check_circle:", ":material/hourglass_top:", ":material/radio_button_unchecked:")
+    lines = [f"{marks[0] if i < now else marks[1] if i == now else marks[2]} {i + 1}. {text[0].upper() + text[1:]}"
              + (f" ({done[i]})" if i < now and done.get(i) else "") for i, text in enumerate(SETUP_PHASES)]
     st.info(f"Setting up (elapsed {_clock(time.time() - job.started)}):  \n" + "  \n".join(lines))
 
