@@ -39,8 +39,10 @@ settings = [c for c in run_data.differing_settings(shown) if c not in ("lr", "st
 columns = ["label", "name", "tags", "method", "seed", "lr", "steps", *settings, "status", "steps_done",
            "target_acc_before", "target_acc", "source_acc_before", "source_acc", "forgetting",
            "trainable_params", "optimizer_state_bytes", "seconds_per_step", "wall_seconds", "note"]
+# Columns nobody filled in (no names, tags or notes yet) would only push the results aside.
+columns = [c for c in columns if c in ("label", "status") or shown[c].replace("", None).notna().any()]
 config = {c: st.column_config.NumberColumn(format="percent") for c in columns if "acc" in c or c == "forgetting"}
-config["label"] = st.column_config.TextColumn(pinned=True)  # stays in view while scrolling sideways
+config["label"] = st.column_config.TextColumn(pinned=True, width="medium")  # in view while scrolling sideways
 st.dataframe(shown[columns], hide_index=True, column_config=config,
              height=min(38 + 35 * len(shown), 600))  # every row without an inner scroll, up to ~16
 st.download_button("Download the table (CSV, every setting and result)",

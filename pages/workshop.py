@@ -20,7 +20,7 @@ st.markdown(
     "*principal weights*; LIFT fine-tunes only those entries of the original W, with k matched to "
     "a LoRA of the same rank: k = (m+n)·rank per matrix, about 5% of the entries. The Adam state is "
     "kept only for those k entries, and the mask is recomputed from the current weights "
-    f"periodically ({refresh} here) (Liu et al., ICML 2025).")
+    f"periodically ({refresh} in these runs; Liu et al., ICML 2025).")
 
 if not records:
     st.info("No completed sample runs yet (`bash sample_runs/make_sample_runs.sh` makes them, "

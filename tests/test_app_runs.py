@@ -95,7 +95,7 @@ def test_runs_page_names_filters_diffs_deletes_and_restores(tmp_path, monkeypatc
     monkeypatch.setenv("LIFT_RUNS_DIR", str(runs))
     at = _open("runs")
     table = at.dataframe[0].value
-    assert {"seed", "lr", "name", "tags"} <= set(table.columns)  # differing settings are columns
+    assert {"seed", "lr"} <= set(table.columns) and "tags" not in table  # differing settings; no empty columns
     assert at.table and "method" in list(at.table[0].value.index)  # the config diff of the picked runs
     at.text_input(key="runs_filter").set_value("magnitude").run()
     assert at.multiselect(key="runs_picked").options == ["sample_runs/magnitude-seed0"]
@@ -109,6 +109,8 @@ def test_runs_page_names_filters_diffs_deletes_and_restores(tmp_path, monkeypatc
     assert not at.exception, at.exception
     at.text_input(key="runs_filter").set_value("demo").run()
     assert at.multiselect(key="runs_picked").options == ["my first run (runs/lift-a)"]  # named
+    at.multiselect(key="runs_picked").set_value(["runs/lift-a"]).run()
+    assert at.dataframe[0].value["tags"].tolist() == ["demo, lr"]
     at.text_input(key="runs_filter").set_value("").run()
 
     at.button(key="runs_trash").click().run()

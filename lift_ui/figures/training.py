@@ -90,7 +90,8 @@ def loss_figure(metrics: pd.DataFrame, *, log_y: bool = False, alpha: float = 0.
         fig.add_trace(go.Scatter(x=run[x], y=ema(run["loss"], alpha), mode="lines",
                                  name=f"{label} (EMA)" if raw else label, line=dict(width=2.5, **style)))
     fig.update_xaxes(title=X_AXES[x])
-    fig.update_yaxes(title="loss (log)" if log_y else "loss", type="log" if log_y else "linear")
+    fig.update_yaxes(title="loss (log)" if log_y else "loss", type="log" if log_y else "linear",
+                     **(_log_ticks(rows["loss"]) if log_y else {}))
     _x_range(fig, steps, x)
     if rows.empty:
         _empty_note(fig, "no training step yet")
@@ -190,11 +191,38 @@ def tradeoff_figure(points: pd.DataFrame, *, title: str = "Accuracy vs forgettin
             **err))
     fig.update_xaxes(title="forgetting: source accuracy lost (points) → worse", zeroline=True,
                      zerolinecolor="#bbbbbb")
-    # Fixed 0-100 with a gridline at 100: no point sits above the top gridline.
-    fig.update_yaxes(title="target accuracy % → better", range=[-4, 108], tick0=0, dtick=20)
+    fig.update_yaxes(title="target accuracy % → better", **_bracketing_range(points))
     fig = _layout(fig, title, height=420)
     fig.update_layout(showlegend=False)
     return fig
+
+
+def _bracketing_range(points: pd.DataFrame) -> dict:
+    """y-axis settings whose first and last gridlines bracket every point and error bar, so
+    no point sits above the top gridline (or below the bottom one), in %."""
+    y = 100 * pd.to_numeric(points.get("target_acc"), errors="coerce")
+    err = 100 * pd.to_numeric(points["target_acc_std"], errors="coerce").fillna(0) if "target_acc_std" in points else 0 * y
+    lo, hi = (y - err).min(), (y + err).max()
+    if pd.isna(lo):
+        return {}
+    span = max(hi - lo, 1.0)
+    dtick = next(d for d in (1, 2, 5, 10, 20) if span / d <= 6)
+    bottom, top = np.floor(lo / dtick) * dtick, np.ceil(hi / dtick) * dtick
+    if top - hi < 0.25 * dtick:  # room for the label above a point near the top gridline
+        top += dtick
+    return {"range": [bottom - 0.05 * dtick, top + 0.05 * dtick], "tick0": 0, "dtick": dtick}
+
+
+def _log_ticks(values) -> dict:
+    """Log-axis ticks at 1-2-5 steps, written out in full (plotly's own write 0.5 as '5')."""
+    values = pd.to_numeric(pd.Series(values), errors="coerce")
+    values = values[values > 0]
+    if values.empty:
+        return {}
+    lo, hi = np.floor(np.log10(values.min())), np.ceil(np.log10(values.max()))
+    ticks = [m * 10.0 ** e for e in range(int(lo), int(hi) + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if values.min() / 2 <= t <= values.max() * 2]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
 
 
 def memory_figure(table: pd.DataFrame) -> go.Figure:
