@@ -4,7 +4,7 @@ import streamlit as st
 
 from lift_core.runs.compare import DEFAULT_METHODS
 from lift_core.train.registry import method_names
-from lift_ui import live_panel, train_form
+from lift_ui import data_files, live_panel, train_form
 from lift_ui.sidebar import require_app_navigation
 
 require_app_navigation()
@@ -13,6 +13,7 @@ st.caption(f"Runs go to `{train_form.runs_root()}` (set LIFT_RUNS_DIR to change 
            "separate process: closing or reloading this tab does not stop it, and one job runs at a time.")
 
 settings = train_form.settings_form()
+data_files.data_panel(settings)
 if settings is not None:
     run_tab, compare_tab = st.tabs(["One run", "Compare all methods"])
     with run_tab:

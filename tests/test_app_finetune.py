@@ -218,3 +218,19 @@ def test_the_form_sets_the_config_fields_and_previews_them(runs):
     at.text_input(key="_w_ft_train_data").set_value("/no/such.jsonl").run()
     assert any("train-data file /no/such.jsonl does not exist" in e.value for e in at.error)
     assert not [b for b in at.button if b.key == "ft_run"]  # the core's check, before a launch
+
+
+def test_data_files_are_checked_with_the_clis_loader_and_previewed(runs, tmp_path):
+    good = tmp_path / "train.jsonl"
+    good.write_text("".join(json.dumps({"instruction": f"add {i} and 1", "output": f"#### {i + 1}"}) + "\n"
+                            for i in range(5)))
+    at = _page(runs)
+    at.text_input(key="_w_ft_train_data").set_value(str(good)).run()
+    assert not at.exception, at.exception
+    assert any(f"{good}" in m.value and "5 examples" in m.value for m in at.markdown)
+    head = at.dataframe[0].value
+    assert len(head) == 3 and "add 0 and 1" in head["prompt"].iloc[0] and head["answer"].iloc[0] == "#### 1"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x"}\n')  # no output field
+    at.text_input(key="_w_ft_train_data").set_value(str(bad)).run()
+    assert any("output" in e.value for e in at.error), [e.value for e in at.error]
