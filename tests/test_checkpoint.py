@@ -112,6 +112,9 @@ def test_sigkill_then_resume_through_the_cli(tmp_path):
     assert summary["status"] == "completed" and summary["steps_done"] == 40 and summary["resumed"]
     steps = [step for step, _ in _losses(run_dir)]
     assert steps == list(range(1, 41))  # no step lost or repeated in the record
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    elapsed = [row["elapsed"] for row in rows]
+    assert elapsed == sorted(elapsed)  # the clock goes on across the resume
 
 
 def test_resume_with_other_settings_is_one_line_error(tmp_path, capsys):

@@ -208,6 +208,7 @@ class _Run:
         state = checkpoint.load_checkpoint(self.trainer, out)
         self.rows, self.checkpoint_step = state["metrics_rows"], state["steps_done"]
         self.train_seconds = state["extra"].get("train_seconds", 0.0)
+        self.start -= state["extra"].get("elapsed", 0.0)  # elapsed keeps counting up
         for row in truncate_metrics(out, self.rows):
             if row.get("step") == 0 and "target_acc" in row:
                 self.before = {k: row[k] for k in ("target_acc", "source_acc")}
@@ -221,7 +222,8 @@ class _Run:
 
         if self.config.out_dir and self.trainer.steps_done > self.checkpoint_step:
             save_checkpoint(self.trainer, self.config.out_dir, metrics_rows=self.rows,
-                            extra={"train_seconds": self.train_seconds})
+                            extra={"train_seconds": self.train_seconds,
+                                   "elapsed": self._elapsed()})
             self.checkpoint_step = self.trainer.steps_done
 
     def _keep_results(self) -> dict:
