@@ -9,15 +9,21 @@ trainer's ``phase_runner``.
 Step times come from one process holding all four models, rounds interleaved, so ratios
 share one machine load. Peak memory comes from a fresh process per method: peak RSS
 (VmHWM, reset after set-up) minus RSS after the model was built, plus the bytes of
-parameters, gradients, gradient buffers and optimizer state counted at every gradient hook.
+parameters, gradients, gradient buffers and optimizer state counted at every gradient hook,
+and the activations autograd saves for backward (counted through saved-tensor hooks, each
+storage once, parameters left out). The counted numbers are tensor bytes, the same whatever
+the allocator does; RSS is shown beside them, measured with glibc returning large blocks to
+the OS (MALLOC_MMAP_THRESHOLD_=1 MiB), since otherwise freed-but-kept heap decides it.
 
-Run: ``python -m bench.bench_memory [--quick]``; writes bench/results/memory.json.
+Run: ``python -m bench.bench_memory [--quick | --size 100m]``; writes bench/results/memory.json
+(``--size 100m``: a ~107M-parameter Llama, batch 4 x 256, memory only, memory_100m.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -35,7 +41,12 @@ LORA_RANK, FILTER_RANK = 32, 32
 SIZES = {  # layers, batch x sequence, interleaved timing rounds, steps in the memory probe
     "full": {"layers": 4, "batch": 4, "seq": 128, "rounds": 5, "memory_steps": 3},
     "quick": {"layers": 2, "batch": 2, "seq": 128, "rounds": 3, "memory_steps": 2},
+    # ~107M parameters (7 blocks of 12.8M + 16.8M embeddings); memory only, no timing rounds.
+    "100m": {"layers": 7, "batch": 4, "seq": 256, "rounds": 0, "memory_steps": 2},
 }
+# glibc keeps freed heap blocks below this size in the process; 1 MiB returns every
+# tensor-sized block to the OS, so RSS follows live tensors instead of allocator history.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 MB = 2**20
 
 
@@ -155,6 +166,27 @@ class _Counter:
             self.peak, self.at_peak = total, parts
 
 
+class _SavedActivations:
+    """Bytes autograd saves for backward during a step (each storage once, parameters left
+    out): the activations, counted from tensors, not from the allocator. All of them are
+    alive at the end of the forward, so the largest step's total is the activation peak."""
+
+    def __init__(self, params):
+        self.param_storages = {p.untyped_storage().data_ptr() for p in params}
+        self.storages: dict[int, int] = {}
+        self.peak = 0
+
+    def pack(self, tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.param_storages:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def step_done(self) -> None:
+        self.peak = max(self.peak, sum(self.storages.values()))
+        self.storages = {}
+
+
 def memory_probe(method: str, device_name: str, size: dict) -> dict:
     """Set up ``method`` in this (fresh) process, train a few steps, report its peaks."""
     use_one_thread()
@@ -172,8 +204,11 @@ def memory_probe(method: str, device_name: str, size: dict) -> dict:
     counter.hook(trainer.model.parameters())
     batch = make_batch(MODEL["vocab"], size["batch"], size["seq"], device)
     reset = _reset_peak(device)
+    saved = _SavedActivations(trainer.model.parameters())
     for _ in range(size["memory_steps"]):
-        train_step(trainer, batch)
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
+            train_step(trainer, batch)
+        saved.step_done()
         counter.sample()
     state = trainer.optimizer.state_bytes()
     return {
@@ -185,6 +220,10 @@ def memory_probe(method: str, device_name: str, size: dict) -> dict:
         "counted_peak_mb": counter.peak / MB,
         "counted_peak_minus_model_mb": (counter.peak - model_bytes) / MB,
         "counted_at_peak_mb": {k: v / MB for k, v in counter.at_peak.items()},
+        "saved_activations_mb": saved.peak / MB,
+        # An upper bound of what training adds to the model in tensors: the training state's
+        # peak (during backward) plus every activation (alive at the end of the forward).
+        "tensor_total_minus_model_mb": (counter.peak - model_bytes + saved.peak) / MB,
         "peak_reset_after_setup": reset,
         "measured_with": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
                           "VmHWM (peak RSS) of a fresh process minus its RSS after the model "
@@ -214,40 +253,42 @@ def _reset_peak(device) -> bool:
 # --- the report ------------------------------------------------------------------------------
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, mode: str | None = None) -> dict:
     """Time and probe every method on CPU (and on CUDA when present); write memory.json."""
     info = machine()
     use_one_thread()
-    mode = "quick" if quick else "full"
+    os.environ.update(MALLOC_ENV)  # the probes' RSS: see MALLOC_ENV
+    mode = mode or ("quick" if quick else "full")
     size = SIZES[mode]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {"machine": info, "mode": mode, "model": {**MODEL, **size},
               "lora_rank": LORA_RANK, "filter_rank": FILTER_RANK, "methods": list(METHODS),
-              "threads": 1, "results": {}}
+              "threads": 1, "malloc_env": MALLOC_ENV, "results": {}}
     for device_name in devices:
-        timing = time_methods(size, torch.device(device_name))
+        timing = time_methods(size, torch.device(device_name)) if size["rounds"] else None
         memory = {m: run_child("bench_memory", "--probe", m, "--device", device_name,
                                "--mode", mode) for m in METHODS}
         report["results"][device_name] = _rows(timing, memory)
-    write_json(RESULTS, report)
+    write_json(RESULTS if mode != "100m" else RESULTS.with_name("memory_100m.json"), report)
     return report
 
 
 def _rows(timing: dict, memory: dict) -> list[dict]:
-    """One row per method: its numbers and its ratios to full and to LoRA."""
-    key = "step_cpu_s" if "step_cpu_s" in timing["full"] else "step_wall_s"
+    """One row per method: its numbers and its ratios to full and to LoRA (no timing: None)."""
     rows = []
     for method in METHODS:
-        t, m = timing[method], memory[method]
-        rows.append({
-            **t, **m,
-            "step_vs_full": t[key] / timing["full"][key],
-            "step_wall_vs_full": t["step_wall_s"] / timing["full"]["step_wall_s"],
-            "peak_vs_lora": m["peak_minus_load_mb"] / memory["lora"]["peak_minus_load_mb"],
-            "counted_vs_lora": (m["counted_peak_minus_model_mb"]
-                                / memory["lora"]["counted_peak_minus_model_mb"]),
-            "ratio_clock": key,
-        })
+        m, lora = memory[method], memory["lora"]
+        row = {**m, "peak_vs_lora": m["peak_minus_load_mb"] / lora["peak_minus_load_mb"],
+               "counted_vs_lora": (m["counted_peak_minus_model_mb"]
+                                   / lora["counted_peak_minus_model_mb"]),
+               "tensor_vs_lora": (m["tensor_total_minus_model_mb"]
+                                  / lora["tensor_total_minus_model_mb"])}
+        if timing:
+            key = "step_cpu_s" if "step_cpu_s" in timing["full"] else "step_wall_s"
+            t = timing[method]
+            row.update(t, step_vs_full=t[key] / timing["full"][key], ratio_clock=key,
+                       step_wall_vs_full=t["step_wall_s"] / timing["full"]["step_wall_s"])
+        rows.append(row)
     return rows
 
 
@@ -262,20 +303,27 @@ def markdown(report: dict) -> str:
         g = gpu.get(r["method"])
         memory.append([
             r["method"], f"{r['trainable_params']:,}", f"{r['optimizer_state_bytes'] / MB:.1f}",
-            f"{r['state_bytes_per_trained_entry']:.1f}", f"{r['peak_minus_load_mb']:.0f}",
-            f"{r['peak_vs_lora']:.2f}", f"{r['counted_peak_minus_model_mb']:.1f}",
-            f"{r['counted_vs_lora']:.2f}", f"{r['setup_peak_minus_load_mb']:.0f}",
+            f"{r['state_bytes_per_trained_entry']:.1f}", f"{r['counted_peak_minus_model_mb']:.1f}",
+            f"{r['saved_activations_mb']:.0f}",
+            f"{r['tensor_total_minus_model_mb']:.0f} ({r['tensor_vs_lora']:.2f})",
+            f"{r['peak_minus_load_mb']:.0f} ({r['peak_vs_lora']:.2f})",
+            f"{r['setup_peak_minus_load_mb']:.0f}",
             f"{g['peak_minus_load_mb']:.0f} ({g['peak_vs_lora']:.2f})" if g else NOT_RUN])
+        if "step_cpu_s" not in r:
+            continue
         time.append([
             r["method"], f"{r['step_cpu_s']:.2f}", f"{r['step_vs_full']:.2f}",
             f"{r['forward_cpu_s']:.2f} / {r['backward_cpu_s']:.2f} / {r['optimizer_cpu_s']:.3f}",
             f"{r['step_wall_s']:.2f}", f"{r['step_wall_vs_full']:.2f}",
             f"{1e3 * g['step_wall_s']:.1f} ({g['step_vs_full']:.2f})" if g else NOT_RUN])
-    return markdown_table(
+    table = markdown_table(
         ["method", "trained numbers", "optimizer state (MB)", "state B / trained number",
-         "peak RSS - model (MB)", "x LoRA", "counted grads + buffers + state + adapters (MB)",
-         "x LoRA", "set-up peak - model (MB)", "GPU: peak - model MB (x LoRA)"], memory
-    ) + "\n\n" + markdown_table(
+         "grads + buffers + state + adapters (MB)", "saved activations (MB)",
+         "tensor total - model, MB (x LoRA)", "peak RSS - model, MB (x LoRA)",
+         "set-up peak RSS - model (MB)", "GPU: peak - model MB (x LoRA)"], memory)
+    if not time:
+        return table
+    return table + "\n\n" + markdown_table(
         ["method", "step CPU s, median", "x full", "forward / backward / optimizer CPU s",
          "step wall s, median", "x full (wall)", "GPU: ms/step (x full)"], time)
 
@@ -283,6 +331,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 layers, 3 rounds")
+    parser.add_argument("--size", choices=("100m",), help="a ~107M Llama, memory only")
     parser.add_argument("--probe", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="full", choices=tuple(SIZES), help=argparse.SUPPRESS)
@@ -290,7 +339,7 @@ def main(argv=None) -> None:
     if args.probe:
         print(json.dumps(memory_probe(args.probe, args.device, SIZES[args.mode])))
         return
-    report = run(quick=args.quick)
+    report = run(quick=args.quick, mode=args.size)
     print(markdown(report))
     print(f"wrote {RESULTS}", file=sys.stderr)
 
