@@ -11,8 +11,10 @@ measures target and source accuracy. :func:`lift_core.train.loop.finetune` is a 
 them that records and stops; the benchmarks time the same step.
 
 What a checkpoint needs is reachable here: ``optimizer.state_dict()`` (masks, moments),
-``scheduler.state_dict()``, ``batches.state_dict()`` and ``steps_done``. Evaluation
-generates with ``unwrapped_model``, never a process wrapper (DDP cannot ``generate``).
+``scheduler.state_dict()``, ``batches.state_dict()`` and ``steps_done``;
+:mod:`lift_core.train.checkpoint` saves and restores them, :mod:`lift_core.train.export`
+saves what was trained. Evaluation generates with ``unwrapped_model``, never a process
+wrapper (DDP cannot ``generate``).
 """
 
 from __future__ import annotations
