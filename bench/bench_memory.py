@@ -295,6 +295,13 @@ def _rows(timing: dict, memory: dict) -> list[dict]:
 NOT_RUN = "not run (no GPU in this session)"
 
 
+def _tensor_cells(row: dict) -> list[str]:
+    if "saved_activations_mb" not in row:  # results from before the activation count
+        return ["n/a", "n/a"]
+    return [f"{row['saved_activations_mb']:.0f}",
+            f"{row['tensor_total_minus_model_mb']:.0f} ({row['tensor_vs_lora']:.2f})"]
+
+
 def markdown(report: dict) -> str:
     """The docs tables: memory per method, then step time per method (CPU, then GPU columns)."""
     gpu = {r["method"]: r for r in report["results"].get("cuda", [])}
@@ -304,8 +311,7 @@ def markdown(report: dict) -> str:
         memory.append([
             r["method"], f"{r['trainable_params']:,}", f"{r['optimizer_state_bytes'] / MB:.1f}",
             f"{r['state_bytes_per_trained_entry']:.1f}", f"{r['counted_peak_minus_model_mb']:.1f}",
-            f"{r['saved_activations_mb']:.0f}",
-            f"{r['tensor_total_minus_model_mb']:.0f} ({r['tensor_vs_lora']:.2f})",
+            *_tensor_cells(r),
             f"{r['peak_minus_load_mb']:.0f} ({r['peak_vs_lora']:.2f})",
             f"{r['setup_peak_minus_load_mb']:.0f}",
             f"{g['peak_minus_load_mb']:.0f} ({g['peak_vs_lora']:.2f})" if g else NOT_RUN])
