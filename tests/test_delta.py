@@ -22,6 +22,7 @@ from lift_core.analysis.generations import before_after, run_prompts, spread_pic
 from lift_core.cli.main import main
 from lift_core.errors import LiftError
 from lift_core.lowrank.masks import lift_mask, lora_budget, magnitude_mask
+from lift_core.models.loading import list_linear_layers
 from lift_ui.figures import delta as figs
 
 SHAPE = (40, 32)
@@ -103,6 +104,23 @@ def test_delta_table_has_a_row_per_block_linear_and_finds_the_changed_one(tuned_
     assert changed["rel_delta_fro"] > 0 and changed["delta_effective_rank"] == pytest.approx(1, abs=1e-2)
     assert (table.drop(index="model.layers.0.self_attn.q_proj")["rel_delta_fro"] == 0).all()
     assert set(result.spectra) == set(table.index)
+
+
+def test_expert_matrices_are_compared_one_by_one():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=2,
+                           num_experts_per_tok=1, max_position_embeddings=32)
+    base = MixtralForCausalLM(config)
+    tuned = MixtralForCausalLM(config)
+    tuned.load_state_dict(base.state_dict())
+    expert = next(l for l in list_linear_layers(tuned) if l.expert == 1)
+    with torch.no_grad():
+        dict(tuned.named_parameters())[expert.name.split("[")[0]][1] += 0.01
+    table = delta_table(base, tuned, filter_rank=1, lora_rank=1).table.set_index("layer")
+    assert expert.name in table.index and (table["rel_delta_fro"] > 0).sum() == 1
+    assert table.loc[expert.name, "delta_effective_rank"] == pytest.approx(1, abs=1e-3)
 
 
 def _run_folder(path, base, tuned_dir, method="lift"):

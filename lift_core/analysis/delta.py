@@ -124,10 +124,11 @@ def delta_table(base_model, tuned_model, *, filter_rank: int, lora_rank: int,
     layers = list_linear_layers(base_model, blocks_only=blocks_only)
     if not layers:
         raise LiftError("the base model has no linear layers to compare")
-    tuned_modules = dict(tuned_model.named_modules())
+    # Names from the same listing, so expert matrices ('<param>[e]') are matched too.
+    tuned_layers = {layer.name for layer in list_linear_layers(tuned_model, blocks_only=blocks_only)}
     rows, spectra = [], {}
     for i, layer in enumerate(layers):
-        if layer.name not in tuned_modules:
+        if layer.name not in tuned_layers:
             raise LiftError(f"the tuned model has no layer {layer.name}: not the base's architecture")
         row, s_delta = layer_delta(layer_weight(base_model, layer), layer_weight(tuned_model, layer.name),
                                    filter_rank=filter_rank, lora_rank=lora_rank)
