@@ -12,6 +12,11 @@ exact SVD). ``time.perf_counter()`` is read around each ``at.run()``. Timed, in 
 The reported number for each is the median over the repeats (worst in the JSON).
 
 Run: ``python -m bench.bench_app [--quick]``; writes bench/results/app.json.
+
+``--first-paint`` measures what a person sees instead: a fresh ``streamlit run app.py``
+server (nothing imported), headless Chromium opening it, and the seconds from the request
+to the page frame (the sidebar's navigation), to the first content of the page (its title)
+and to the end of the first script run; writes bench/results/app_first_paint.json.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from bench.common import (REPO, RESULTS_DIR, machine, markdown_table, median, ru
                           write_json)
 
 RESULTS = RESULTS_DIR / "app.json"
+FIRST_PAINT = RESULTS_DIR / "app_first_paint.json"
+FIRST_PAINT_TARGET_S = 2.0  # to first content, idle 2-core machine (issue 14)
 APP = str(REPO / "app.py")
 PAGES = {"spectrum": "Spectrum", "principal_weights": "Principal weights",
          "overlap": "Overlap"}
@@ -123,11 +130,46 @@ def markdown(report: dict) -> str:
     return markdown_table(headers, rows)
 
 
+def first_paint(page_path: str = "", repeats: int = 3) -> dict:
+    """Cold first paint in a browser: a new server per repeat, seconds from the request to
+    the frame (navigation), the first content (the page title) and the finished first run."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+
+    samples = []
+    for _ in range(repeats):
+        with streamlit_server(timeout=TIMEOUT) as url, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            began = time.perf_counter()
+            page.goto(f"{url}/{page_path}")
+            times = {}
+            for key, selector in (("frame_s", '[data-testid="stSidebarNav"]'),
+                                  ("first_content_s", '[data-testid="stMainBlockContainer"] h1')):
+                page.wait_for_selector(selector, timeout=TIMEOUT * 1000)
+                times[key] = time.perf_counter() - began
+            page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT * 1000)
+            times["script_done_s"] = time.perf_counter() - began
+            browser.close()
+        samples.append(times)
+    report = {"machine": machine(), "page": page_path or "home", "target_first_content_s": FIRST_PAINT_TARGET_S,
+              "median_s": {k: median(s[k] for s in samples) for k in samples[0]}, "samples": samples}
+    write_json(FIRST_PAINT.with_name(f"app_first_paint{'_' + page_path if page_path else ''}.json"), report)
+    return report
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 5")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--first-paint", action="store_true",
+                        help="cold first paint in headless Chromium (needs playwright + chromium)")
+    parser.add_argument("--page", default="", help="with --first-paint: the page's url path (default home)")
     args = parser.parse_args(argv)
+    if args.first_paint:
+        print(json.dumps(first_paint(args.page)["median_s"]))
+        return
     if args.probe:
         print(json.dumps(probe()))
         return
