@@ -117,3 +117,12 @@ def test_layers_cli_shows_the_expert_index(mixtral_dir, capsys):
     assert lines[1].split()[:3] == ["model.layers.0.self_attn.q_proj", "0", "q"]  # no expert
     assert lines[5].split()[:4] == ["model.layers.0.mlp.experts.gate_up_proj[0]", "0", "gate_up", "0"]
     assert "<NA>" not in "\n".join(lines)
+
+
+def test_saved_deltas_cover_the_experts_parameters(mixtral):
+    from lift_core.train.export import block_linear_weights
+
+    weights = block_linear_weights(mixtral)
+    assert weights["model.layers.0.mlp.experts.down_proj"].shape == (EXPERTS, 32, 48)
+    assert weights["model.layers.0.self_attn.q_proj"].shape == (32, 32)
+    assert len(weights) == 2 * (4 + 2)  # per block: q, k, v, o and two experts parameters

@@ -40,10 +40,12 @@ _INT_VIEWS = {torch.float32: torch.int32, torch.float16: torch.int16,
 
 
 def block_linear_weights(model) -> dict[str, torch.Tensor]:
-    """The weights of the block linears (what every method trains), by module name."""
+    """The weights of the block linears (what every method trains), by module name (a
+    mixture-of-experts block's experts: their one 3-D parameter, by its path)."""
+    from lift_core.models.loading import layer_parameter
     from lift_core.train.methods import block_linear_names
 
-    return {name: model.get_submodule(name).weight for name in block_linear_names(model)}
+    return dict(layer_parameter(model, name) for name in block_linear_names(model))
 
 
 def base_hash(model) -> str:
