@@ -266,3 +266,22 @@ def test_setup_phase_follows_the_record(tmp_path):
     (run / "metrics.jsonl").write_text("")
     assert run_data.setup_phase(read_run(run)) == 1  # evaluating before training
     assert run_data.setup_phase(read_run(write_run(tmp_path / "s", "lift", 0, finished=False))) == 2
+
+
+def test_the_elapsed_clock_of_an_ended_job_stops_at_its_last_write(tmp_path):
+    import os
+    import time
+
+    from lift_core.runs.jobs import Job
+    from lift_ui.live_panel import wall_elapsed
+
+    run = write_run(tmp_path / "r", "lift", 0)
+    started = time.time() - 300
+    for name in ("metrics.jsonl", "summary.json"):  # written 223 s after the launch
+        os.utime(run / name, (started + 223, started + 223))
+    job = Job("j", "lift, 60 steps", ["x"], [str(run)], pid=2 ** 22 + 7, pid_start="gone",
+              started=started, log_path=str(tmp_path / "log"))
+    assert not job.is_alive()
+    # The record's own clock says 7 s (fake elapsed); the job's clock is what the bar showed.
+    assert wall_elapsed(job, read_run(run)) == pytest.approx(223, abs=1)
+    assert run_data.progress_numbers(read_run(run), 60, wall_elapsed(job, read_run(run)))["elapsed"] >= 223
