@@ -144,6 +144,8 @@ def save_shira(base_model, tuned_model, out_dir: str | os.PathLike) -> int | str
 
     tuned, masks, deltas, r = block_linear_weights(tuned_model), {}, {}, 1
     for name, weight in block_linear_weights(base_model).items():
+        if weight.dim() != 2:
+            return f"SHiRA adapts 2-D linear weights; {name} is {weight.dim()}-D (experts)"
         indices, values = changed_entries(weight, tuned[name])
         deltas[name] = (indices.long(), values - weight.detach().reshape(-1)[indices.long()])
         m, n = weight.shape
@@ -221,7 +223,11 @@ def save_run_outputs(trainer, run_dir: str | os.PathLike) -> dict:
                            method=cfg.method)
         result["saved"].append(DELTA_FILE)
         result.update(delta_bytes=delta["bytes"], delta_entries=delta["entries"])
-        shira = save_shira(base, model, run_dir / SHIRA_DIR)
+        try:
+            shira = save_shira(base, model, run_dir / SHIRA_DIR)
+        except (ValueError, RuntimeError, TypeError) as exc:  # peft refused: keep the rest
+            shutil.rmtree(run_dir / SHIRA_DIR, ignore_errors=True)
+            shira = f"peft could not build the SHiRA adapter: {str(exc).splitlines()[0]}"
         if isinstance(shira, int):
             result["saved"].append(SHIRA_DIR)
             result["shira_rank"] = shira
