@@ -27,7 +27,7 @@ def manage_panel(table: pd.DataFrame) -> None:
     if message := st.session_state.pop("_runs_message", None):
         st.success(message)
     own = table[table["label"].str.startswith("runs/") & (table["status"] != "unreadable")]
-    with st.expander(f"Name, notes, tags, delete ({len(own)} runs of yours)"):
+    with st.expander(f"Name, notes, tags, delete (your runs: {len(own)})"):
         if own.empty:
             st.caption("Runs you launch from this app can be named, tagged and deleted here; "
                        "the sample runs are read-only.")

@@ -41,7 +41,13 @@ columns = ["label", "name", "tags", "method", "seed", "lr", "steps", *settings, 
            "trainable_params", "optimizer_state_bytes", "seconds_per_step", "wall_seconds", "note"]
 # Columns nobody filled in (no names, tags or notes yet) would only push the results aside.
 columns = [c for c in columns if c in ("label", "status") or shown[c].replace("", None).notna().any()]
-config = {c: st.column_config.NumberColumn(format="percent") for c in columns if "acc" in c or c == "forgetting"}
+# Short headers, so more columns fit before the table scrolls sideways.
+short = {"target_acc_before": "target before", "target_acc": "target", "source_acc_before": "source before",
+         "source_acc": "source", "steps_done": "done", "trainable_params": "trained numbers",
+         "optimizer_state_bytes": "optimizer bytes", "seconds_per_step": "s/step", "wall_seconds": "wall s"}
+config = {c: st.column_config.NumberColumn(short.get(c), format="percent")
+          for c in columns if "acc" in c or c == "forgetting"}
+config.update({c: st.column_config.NumberColumn(label) for c, label in short.items() if c in columns and c not in config})
 config["label"] = st.column_config.TextColumn(pinned=True, width="medium")  # in view while scrolling sideways
 st.dataframe(shown[columns], hide_index=True, column_config=config,
              height=min(38 + 35 * len(shown), 600))  # every row without an inner scroll, up to ~16
