@@ -163,3 +163,24 @@ def test_the_job_panel_resumes_a_stopped_run(tmp_path, monkeypatch):
         assert [step for step, _ in _losses(run_dir)] == [1, 2, 3, 4]
     finally:
         JobManager(root).stop(timeout=20)
+
+
+def test_a_run_stopped_in_its_last_evaluation_resumes_to_that_evaluation(tmp_path, monkeypatch):
+    import threading
+
+    from lift_core.train.trainer import Trainer
+
+    stop, evaluate = threading.Event(), Trainer.evaluate
+
+    def stop_in_the_last_evaluation(self, *, between_batches=None):
+        if self.steps_done == self.config.steps and not stop.is_set():
+            stop.set()  # between_batches raises before the first generation batch
+        return evaluate(self, between_batches=between_batches)
+
+    monkeypatch.setattr(Trainer, "evaluate", stop_in_the_last_evaluation)
+    config = FinetuneConfig(out_dir=str(tmp_path), save=False, **{**SMALL, "steps": 3})
+    assert finetune(config, stop_event=stop, progress=False)["status"] == "stopped"
+    resumed = finetune(config, resume=True, progress=False)
+    assert resumed["status"] == "completed" and resumed["eval_step"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and "target_acc" in rows[-1]

@@ -174,6 +174,10 @@ class _Run:
                     self._checkpoint()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+            if self.acc.get("eval_step") != cfg.steps:  # resumed after a stop in the last evaluation
+                self.recorder.row({"step": cfg.steps, **self._evaluate(cfg.steps),
+                                   "elapsed": self._elapsed()})
+                self.rows += 1
         finally:
             bar.close()
 
