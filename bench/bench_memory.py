@@ -347,7 +347,7 @@ def main(argv=None) -> None:
         return
     report = run(quick=args.quick, mode=args.size)
     print(markdown(report))
-    print(f"wrote {RESULTS}", file=sys.stderr)
+    print(f"wrote {RESULTS if args.size is None else RESULTS.with_name('memory_100m.json')}", file=sys.stderr)
 
 
 if __name__ == "__main__":
