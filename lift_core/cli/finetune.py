@@ -24,7 +24,7 @@ from lift_core.train.config import FinetuneConfig
 from lift_core.train.options import OPTION_FLAGS, add_config_options, given_values
 from lift_core.train.registry import get_method, methods_help
 
-_METAVARS = {"out_dir": "DIR"}
+_METAVARS = {"out_dir": "DIR", "checkpoint_every": "N"}
 
 
 def add_finetune_parser(subparsers) -> argparse.ArgumentParser:

@@ -90,8 +90,8 @@ class FinetuneConfig:
     trust_remote_code: bool = False
     """Allow a hub model's own Python code to run (off by default)."""
     save: bool = True
-    """Keep the fine-tuned model in the run folder: model/ (and delta.safetensors for sparse
-    methods) or the LoRA-family adapter in adapter/ (docs/training.md)."""
+    """Keep the fine-tuned model of a completed run in its folder (on by default): model/
+    (sparse methods also delta.safetensors, shira/) or the LoRA-family adapter in adapter/."""
     merge: bool = False
     """LoRA family: also write the adapter merged into full weights to model/."""
     checkpoint_every: int | None = None
