@@ -85,22 +85,35 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def duration_sentence(demo_steps: int, demo_runs: dict[str, RunRecord], samples: dict[str, RunRecord]) -> str:
-    """How long the live demo takes, from measurements: the last demo run on this machine,
-    else the recorded LIFT sample runs' pace scaled to the demo's steps."""
-    done = [r for r in demo_runs.values() if r.status == "completed" and r.summary]
+def duration_sentence(demo_steps: int, local_runs: dict[str, RunRecord], samples: dict[str, RunRecord]) -> str:
+    """How long the live demo takes, from measurements: the last demo on this machine, else
+    the pace of the latest built-in-model run here (the machine as loaded now), else the
+    recorded LIFT sample runs' pace, scaled to the demo's steps.
+
+    Args:
+        local_runs: runs made on this machine (the runs folder), label -> record.
+    """
+    done = sorted((r for r in local_runs.values() if r.status == "completed" and r.summary
+                   and r.summary.get("seconds_per_step") and r.config.get("model") == "builtin"),
+                  key=lambda r: r.path.stat().st_mtime)
+    demos = [r for r in done if r.path.name.startswith("demo-")]
+    if demos:
+        last = demos[-1].summary
+        return (f"the last demo on this machine took {_clock(last['wall_seconds'])} "
+                f"({last['seconds_per_step'] * 1000:.0f} ms per step; more on a busy machine)")
     if done:
-        last = max(done, key=lambda r: r.path.stat().st_mtime)
-        return (f"the last demo on this machine took {_clock(last.summary['wall_seconds'])} "
-                f"({last.summary['seconds_per_step'] * 1000:.0f} ms per step; more on a busy machine)")
-    lift = [r.summary for r in samples.values()
-            if r.config.get("method") == PRINCIPAL_METHOD and r.summary and r.summary.get("seconds_per_step")]
-    if not lift:
-        return "its time depends on this machine (no run measured here yet)"
-    pace = sum(s["seconds_per_step"] for s in lift) / len(lift)
-    extra = sum(s["wall_seconds"] - s["train_seconds"] for s in lift) / len(lift)
-    return (f"about {_clock(pace * demo_steps + extra)} at the pace of the recorded LIFT runs "
-            f"({pace * 1000:.0f} ms per step plus {extra:.0f} s of loading and evaluation); "
+        last, where = done[-1].summary, f"the latest run on this machine ({done[-1].path.name})"
+        pace, extra = last["seconds_per_step"], last["wall_seconds"] - last["train_seconds"]
+    else:
+        lift = [r.summary for r in samples.values()
+                if r.config.get("method") == PRINCIPAL_METHOD and r.summary and r.summary.get("seconds_per_step")]
+        if not lift:
+            return "its time depends on this machine (no run measured here yet)"
+        pace = sum(s["seconds_per_step"] for s in lift) / len(lift)
+        extra = sum(s["wall_seconds"] - s["train_seconds"] for s in lift) / len(lift)
+        where = "the recorded LIFT sample runs"
+    return (f"about {_clock(pace * demo_steps + extra)} at the pace of {where} ({pace * 1000:.0f} ms "
+            f"per step plus {extra:.0f} s of loading and evaluation), plus a few seconds to start; "
             "longer on a busy machine")
 
 

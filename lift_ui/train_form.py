@@ -346,12 +346,12 @@ def demo_settings() -> FinetuneConfig:
     return dataclasses.replace(DEMO, threads=default_threads())
 
 
-def demo_records() -> dict[str, RunRecord]:
-    """The live demo's runs on this machine (runs/demo-*), label -> record."""
+def local_records() -> dict[str, RunRecord]:
+    """The runs made on this machine (the runs folder), label -> record."""
     table = browse_runs()
     if table.empty:
         return {}
-    return records_for(table[table["label"].str.startswith("runs/demo-")])
+    return records_for(table[table["label"].str.startswith("runs/")])
 
 
 def sample_records() -> dict[str, RunRecord]:

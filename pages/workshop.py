@@ -76,7 +76,7 @@ else:
 st.header("Live demo")
 out = train_form.planned_dir("demo", "demo")
 argv = train_form.finetune_argv(demo, out)
-took = run_data.duration_sentence(demo.steps, train_form.demo_records(), records)
+took = run_data.duration_sentence(demo.steps, train_form.local_records(), records)
 st.markdown(f"A short LIFT run on the built-in model ({demo.steps} steps, evaluation on {demo.eval_limit} "
             f"problems of each task every {demo.eval_every} steps): {took}. It runs in the background; "
             "the charts below update as it trains.")

@@ -242,9 +242,12 @@ def test_workshop_text_follows_the_records(samples, tmp_path):
     assert run_data.refresh_interval_text(records, 100) == "every 20 steps"
     assert run_data.refresh_interval_text({}, 100) == "every 100 steps"
     said = run_data.duration_sentence(300, {}, records)
-    assert "at the pace of the recorded LIFT runs" in said
-    demo = read_run(write_run(tmp_path / "demo", "lift", 0))
-    assert "the last demo on this machine took" in run_data.duration_sentence(300, {"d": demo}, records)
+    assert "at the pace of the recorded LIFT sample runs" in said
+    other = read_run(write_run(tmp_path / "lora-1", "lora", 0))
+    assert "the latest run on this machine (lora-1)" in run_data.duration_sentence(300, {"o": other}, records)
+    demo = read_run(write_run(tmp_path / "demo-1", "lift", 0))
+    said = run_data.duration_sentence(300, {"o": other, "d": demo}, records)
+    assert "the last demo on this machine took 0:10" in said
 
 
 def test_config_diff_filter_and_differing_settings(samples):
