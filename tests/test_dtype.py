@@ -73,3 +73,15 @@ def test_lift_trains_bf16_weights_with_fp32_moments_inside_its_masks(bf16_llama)
         else:
             assert not moved.any(), name  # not trained at all
     assert changed > 0
+
+
+def test_memory_estimate_counts_bf16_weights_at_two_bytes(bf16_llama):
+    from lift_core.models.preflight import check_training_fits
+
+    cpu = torch.device("cpu")
+    auto = check_training_fits(FinetuneConfig(model=bf16_llama, method="full"), cpu)
+    fp32 = check_training_fits(FinetuneConfig(model=bf16_llama, method="full", dtype="float32"), cpu)
+    params = sum(p.numel() for p in load_model(bf16_llama).parameters())
+    assert auto.model_bytes == 2 * params and fp32.model_bytes == 4 * params
+    assert auto.optimizer_bytes == fp32.optimizer_bytes  # fp32 moments either way
+    assert auto.gradient_bytes * 2 == fp32.gradient_bytes  # full: gradients in bf16

@@ -206,6 +206,31 @@ def check_weight_dtype(name: str) -> None:
         raise LiftError(f"unknown dtype {name!r} (allowed: {', '.join(WEIGHT_DTYPES)})")
 
 
+def check_causal_lm(name_or_dir: str, config=None, *, trust_remote_code: bool = False) -> None:
+    """Raise LiftError unless the model (its config: given, or loaded) is a causal LM."""
+    if config is None:
+        config = load_config(name_or_dir, trust_remote_code=trust_remote_code)
+    if not is_causal_lm(config):
+        arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+        raise LiftError(
+            f"{name_or_dir} is not a causal language model ({arch}): it can be explored "
+            "but not fine-tuned"
+        )
+
+
+def resolved_dtype(name: str | torch.dtype, config) -> torch.dtype:
+    """The dtype a model loads in: ``name``, or for "auto" its config's ``dtype`` /
+    ``torch_dtype`` (fp32 when the config names none or names something unknown)."""
+    if isinstance(name, torch.dtype):
+        return name
+    check_weight_dtype(name)
+    if name != "auto":
+        return _DTYPES[name]
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    stored = str(stored).replace("torch.", "") if stored is not None else "float32"
+    return _DTYPES.get(stored, torch.float32) if stored != "auto" else torch.float32
+
+
 def load_model(
     name_or_dir: str,
     *,
@@ -237,12 +262,8 @@ def load_model(
         dtype = _DTYPES[dtype]
     config = load_config(name_or_dir, trust_remote_code=trust_remote_code)
     causal = is_causal_lm(config)
-    if kind == "causal" and not causal:
-        arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
-        raise LiftError(
-            f"{name_or_dir} is not a causal language model ({arch}): it can be explored "
-            "but not fine-tuned"
-        )
+    if kind == "causal":
+        check_causal_lm(name_or_dir, config)
     if check_memory:
         check_fits_in_memory(config, trust_remote_code=trust_remote_code)
     auto = AutoModelForCausalLM if (causal and kind != "encoder") else AutoModel

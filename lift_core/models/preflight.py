@@ -131,8 +131,13 @@ class MemoryEstimate:
         return ", ".join(f"{name} {_gib(b)}" for name, b in parts if b)
 
 
-def estimate_training_memory(model: torch.nn.Module, method: str, lora_rank: int) -> MemoryEstimate:
+def estimate_training_memory(model: torch.nn.Module, method: str, lora_rank: int,
+                             *, weight_bytes: int = _FP32) -> MemoryEstimate:
     """What training ``model`` (meta-device is fine) with ``method`` will hold.
+
+    ``weight_bytes`` is the loaded weights' element size (2 for a bf16 checkpoint): the
+    model, full fine-tuning's gradients and the one dense gradient of a sparse method are
+    in that dtype; adapters, moments, gathered gradients and mask work stay fp32.
 
     Per trained number: full keeps a gradient and two AdamW moments (12 B); the adapters
     (LoRA, PiSSA, DoRA: A and B, and DoRA's magnitude vector) also hold the adapter weight
@@ -149,12 +154,13 @@ def estimate_training_memory(model: torch.nn.Module, method: str, lora_rank: int
     trainable = sum(row["k"] for row in rows)
     largest = max(row["shape"][0] * row["shape"][1] for row in rows)
     sparse = spec.kind == "sparse"
+    trained_gradient = weight_bytes if spec.kind == "dense" else _FP32
     return MemoryEstimate(
         method=method, trainable_params=trainable,
-        model_bytes=_FP32 * sum(p.numel() for p in model.parameters()),
+        model_bytes=weight_bytes * sum(p.numel() for p in model.parameters()),
         trainable_bytes=_FP32 * trainable if spec.kind == "adapter" else 0,
         optimizer_bytes=spec.state_bytes_per_number * trainable,
-        gradient_bytes=_FP32 * (trainable + (largest if sparse else 0)),
+        gradient_bytes=trained_gradient * trainable + (weight_bytes * largest if sparse else 0),
         transient_bytes=_dense_copies(spec) * _FP32 * largest,
     )
 
@@ -195,14 +201,16 @@ def check_training_fits(config, device: torch.device) -> MemoryEstimate | None:
             needs more than MEMORY_HEADROOM of the memory available on ``device``.
     """
     from lift_core.train.methods import check_filter_rank_fits
-    from lift_core.models.loading import is_causal_lm, load_config, meta_model
+    from lift_core.models.loading import is_causal_lm, load_config, meta_model, resolved_dtype
 
     model_config = load_config(config.model, trust_remote_code=config.trust_remote_code)
     if not is_causal_lm(model_config):
         return None
     model = meta_model(model_config, trust_remote_code=config.trust_remote_code)
     check_filter_rank_fits(model, config.method, config.filter_rank)
-    estimate = estimate_training_memory(model, config.method, config.lora_rank)
+    weight_bytes = resolved_dtype(getattr(config, "dtype", "float32"), model_config).itemsize
+    estimate = estimate_training_memory(model, config.method, config.lora_rank,
+                                        weight_bytes=weight_bytes)
     have = available_bytes(device)
     if estimate.total_bytes > MEMORY_HEADROOM * have:
         raise LiftError(

@@ -70,7 +70,7 @@ class Trainer:
             LiftError: bad data, a model that cannot be loaded or fine-tuned, a run that
                 cannot fit in memory, settings the model does not allow.
         """
-        from lift_core.models.loading import load_model, load_tokenizer
+        from lift_core.models.loading import check_causal_lm, load_model, load_tokenizer
         from lift_core.models.preflight import check_training_fits
         from lift_core.train.data import TrainBatches, load_run_data
 
@@ -84,7 +84,9 @@ class Trainer:
         if model is None:
             check_training_fits(cfg, self.device)  # from the config alone, before allocating
             self.data = load_run_data(cfg)
-            # The tokenizer first: one without <eos> is refused before the model loads.
+            # The tokenizer first: one without <eos> is refused before the model loads
+            # (after the cheaper check that the model is a causal LM at all).
+            check_causal_lm(cfg.model, trust_remote_code=cfg.trust_remote_code)
             self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
                                             require_eos=True)
             began = time.perf_counter()
