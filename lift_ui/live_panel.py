@@ -20,7 +20,7 @@ from lift_core.runs.jobs import Job
 from lift_core.train.registry import method_names
 from lift_ui.figures import training as figs
 from lift_ui.run_data import (
-    SETUP_PHASES, ended_label, long_metrics, optimizer_state_bytes, progress_numbers, read_record,
+    SETUP_PHASES, ended_label, evaluation_due, long_metrics, optimizer_state_bytes, progress_numbers, read_record,
     setup_phase, tradeoff_points,
 )
 from lift_ui.train_form import POLL_SECONDS, command_text, manager
@@ -188,8 +188,10 @@ def run_view(job: Job, key: str, reference: pd.DataFrame | None = None) -> None:
         return
     steps = int(record.config.get("steps") or steps)
     nums = progress_numbers(record, steps, wall_elapsed(job, record))
+    evaluating = evaluation_due(record, steps) if job.is_alive() else None
     st.progress(min(nums["done"] / max(steps, 1), 1.0),
-                text=f"step {nums['done']}/{steps} · elapsed {_clock(nums['elapsed'])} · ETA {_clock(nums['eta'])}")
+                text=f"step {nums['done']}/{steps} · elapsed {_clock(nums['elapsed'])} · ETA {_clock(nums['eta'])}"
+                + (f" · evaluating at step {evaluating}…" if evaluating else ""))
     _status_box(record.status, record.note, job)
     if (setup := setup_text(record.summary, record.config)) is not None:
         st.caption(setup)

@@ -80,6 +80,18 @@ def setup_phase(record: RunRecord | None) -> int:
     return 1 if m.empty or not (m["step"] == 0).any() else 2
 
 
+def evaluation_due(record: RunRecord | None, steps: int) -> int | None:
+    """The step whose evaluation a running run is (probably) in: the next step's row is
+    written only after its evaluation, so the bar would otherwise sit at the step before."""
+    if record is None or record.status != "running" or record.metrics.empty:
+        return None
+    upcoming = int(record.metrics["step"].max()) + 1
+    every = int(record.config.get("eval_every") or 0)
+    if upcoming <= steps and ((every and upcoming % every == 0) or upcoming == steps):
+        return upcoming
+    return None
+
+
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"

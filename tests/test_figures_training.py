@@ -288,3 +288,10 @@ def test_the_elapsed_clock_of_an_ended_job_stops_at_its_last_write(tmp_path):
     # The record's own clock says 7 s (fake elapsed); the job's clock is what the bar showed.
     assert wall_elapsed(job, read_run(run)) == pytest.approx(223, abs=1)
     assert run_data.progress_numbers(read_run(run), 60, wall_elapsed(job, read_run(run)))["elapsed"] >= 223
+
+
+def test_evaluation_due_names_the_step_being_evaluated(tmp_path):
+    record = read_run(write_run(tmp_path / "r", "lift", 0, finished=False))  # 30 of 60, every 20
+    assert run_data.evaluation_due(record, 60) is None  # step 31 trains
+    record.metrics = record.metrics[record.metrics["step"] <= 19]
+    assert run_data.evaluation_due(record, 60) == 20
