@@ -190,27 +190,26 @@ def tradeoff_figure(points: pd.DataFrame, *, title: str = "Accuracy vs forgettin
             hovertemplate=f"{p['label']}: forgetting %{{x:.1f}} pt, target %{{y:.1f}}%{runs}<extra></extra>",
             **err))
     fig.update_xaxes(title="forgetting: source accuracy lost (points) → worse", zeroline=True,
-                     zerolinecolor="#bbbbbb")
-    fig.update_yaxes(title="target accuracy % → better", **_bracketing_range(points))
+                     zerolinecolor="#bbbbbb", **_bracketing_range(points, "forgetting"))
+    fig.update_yaxes(title="target accuracy % → better", **_bracketing_range(points, "target_acc"))
     fig = _layout(fig, title, height=420)
     fig.update_layout(showlegend=False)
     return fig
 
 
-def _bracketing_range(points: pd.DataFrame) -> dict:
-    """y-axis settings whose first and last gridlines bracket every point and error bar, so
-    no point sits above the top gridline (or below the bottom one), in %."""
-    y = 100 * pd.to_numeric(points.get("target_acc"), errors="coerce")
-    err = 100 * pd.to_numeric(points["target_acc_std"], errors="coerce").fillna(0) if "target_acc_std" in points else 0 * y
-    lo, hi = (y - err).min(), (y + err).max()
+def _bracketing_range(points: pd.DataFrame, column: str) -> dict:
+    """Axis settings whose first and last gridlines bracket every point and error bar of
+    ``column`` (in %), so no point sits beyond the outer gridlines, with room for labels."""
+    values = 100 * pd.to_numeric(points.get(column), errors="coerce")
+    std = f"{column}_std"
+    err = 100 * pd.to_numeric(points[std], errors="coerce").fillna(0) if std in points else 0 * values
+    lo, hi = (values - err).min(), (values + err).max()
     if pd.isna(lo):
         return {}
     span = max(hi - lo, 1.0)
-    dtick = next(d for d in (1, 2, 5, 10, 20) if span / d <= 6)
+    dtick = next(d for d in (1, 2, 5, 10, 20, 50) if span / d <= 6)
     bottom, top = np.floor(lo / dtick) * dtick, np.ceil(hi / dtick) * dtick
-    if top - hi < 0.25 * dtick:  # room for the label above a point near the top gridline
-        top += dtick
-    return {"range": [bottom - 0.05 * dtick, top + 0.05 * dtick], "tick0": 0, "dtick": dtick}
+    return {"range": [bottom - 0.4 * dtick, top + 0.4 * dtick], "tick0": 0, "dtick": dtick}
 
 
 def _log_ticks(values) -> dict:
