@@ -19,7 +19,7 @@ for method in ${*:-$SWEPT}; do
     [ -f "$dir/summary.json" ] && continue
     nice python -m lift_core finetune --method "$method" --lr "$lr" --steps 300 \
       --lora-rank 4 --filter-rank 4 --update-interval 100 --seed 100 --eval-every 300 \
-      --eval-limit 60 --threads 1 --no-progress --overwrite --out "$dir" > /dev/null \
+      --eval-limit 60 --threads 1 --no-progress --no-save --overwrite --out "$dir" > /dev/null \
       || echo "$dir did not complete (see its summary.json)"
   done
 done

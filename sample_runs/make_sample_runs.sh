@@ -3,6 +3,7 @@
 # on the built-in model and tasks with every default (per-method learning rates from
 # methods.DEFAULT_LRS), written by the CLI to sample_runs/<method>-seed<S>/, then print the
 # markdown table used in docs/training.md.
+# The runs keep no model (--no-save: the repository ships records only).
 # Usage: bash sample_runs/make_sample_runs.sh   (from anywhere; ~1 min per run on 2 cores)
 #   THREADS=2 to give each run both cores on an idle machine (default 1: the machine is shared).
 #   TABLE_ONLY=1 to just print the table from the existing records.
@@ -13,7 +14,7 @@ if [ -z "${TABLE_ONLY:-}" ]; then
   for seed in 0 1 2; do
     for method in lift full lora magnitude random; do
       nice python -m lift_core finetune --method "$method" --seed "$seed" --threads "$THREADS" \
-        --no-progress --overwrite --out "sample_runs/$method-seed$seed" || true
+        --no-progress --no-save --overwrite --out "sample_runs/$method-seed$seed" || true
     done
   done
 fi
