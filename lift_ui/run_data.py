@@ -323,7 +323,8 @@ def config_diff(records: dict[str, RunRecord]) -> pd.DataFrame:
         budget = record.config.get("budget") or {}
         cfg.update({f"budget.{k}": v for k, v in budget.items() if not isinstance(v, (list, dict))})
         cfg.update({f"data.{k}": v for k, v in (record.config.get("data") or {}).items()})
-        flat[label] = {k: (None if v is None else str(v)) for k, v in cfg.items()}
+        flat[label] = {k: (None if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+                       for k, v in cfg.items()}
     frame = pd.DataFrame(flat)
     if frame.shape[1] < 2:
         return frame.iloc[0:0]

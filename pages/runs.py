@@ -58,7 +58,7 @@ with st.expander(f"Config diff of the picked runs ({len(diff)} settings differ)"
     if diff.empty:
         st.caption("The picked runs have the same settings" if len(shown) > 1 else "Pick two or more runs.")
     else:
-        st.table(diff)
+        st.table(diff.T if diff.shape[1] > diff.shape[0] else diff)  # the long side down: nothing cut off
 run_manager.manage_panel(table)
 
 data = train_form.long_metrics(train_form.records_for(shown))

@@ -96,7 +96,8 @@ def test_runs_page_names_filters_diffs_deletes_and_restores(tmp_path, monkeypatc
     at = _open("runs")
     table = at.dataframe[0].value
     assert {"seed", "lr"} <= set(table.columns) and "tags" not in table  # differing settings; no empty columns
-    assert at.table and "method" in list(at.table[0].value.index)  # the config diff of the picked runs
+    diff = at.table[0].value  # the config diff of the picked runs, long side down
+    assert "method" in [*diff.index, *diff.columns]
     at.text_input(key="runs_filter").set_value("magnitude").run()
     assert at.multiselect(key="runs_picked").options == ["sample_runs/magnitude-seed0"]
     at.text_input(key="runs_filter").set_value("").run()
