@@ -29,7 +29,7 @@ default = [l for l in labels if l.startswith("sample_runs/")] or labels[-5:]
 picked = st.multiselect(f"Runs to compare ({len(labels)} found)", labels, default=default, key="runs_picked",
                         format_func=lambda l: f"{names[l]} ({l})" if names.get(l) else l)
 if not picked:
-    st.info("Pick one or more runs.")
+    st.info(f"No run matches “{words}”." if words and not labels else "Pick one or more runs.")
     run_manager.manage_panel(table)
     st.stop()
 shown = table[table["label"].isin(picked)]
