@@ -26,7 +26,13 @@ found = run_data.filter_runs(table, words, statuses)
 labels = list(found["label"])
 names = dict(zip(table["label"], table["name"].fillna("")))
 default = [l for l in labels if l.startswith("sample_runs/")] or labels[-5:]
-picked = st.multiselect(f"Runs to compare ({len(labels)} found)", labels, default=default, key="runs_picked",
+if "runs_picked" not in st.session_state:
+    st.session_state["runs_picked"] = default
+elif st.session_state.get("_runs_filter_seen", ("", [])) != (words, statuses):
+    # A new filter: keep the picks it still shows, else pick what it found.
+    st.session_state["runs_picked"] = [l for l in st.session_state["runs_picked"] if l in labels] or default
+st.session_state["_runs_filter_seen"] = (words, statuses)
+picked = st.multiselect(f"Runs to compare ({len(labels)} found)", labels, key="runs_picked",
                         format_func=lambda l: f"{names[l]} ({l})" if names.get(l) else l)
 if not picked:
     st.info(f"No run matches “{words}”." if words and not labels else "Pick one or more runs.")
