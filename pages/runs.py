@@ -60,7 +60,7 @@ st.dataframe(shown[columns], hide_index=True, column_config=config,
 st.download_button("Download the table (CSV, every setting and result)",
                    shown.drop(columns=["path"]).to_csv(index=False), file_name="lift_runs.csv", mime="text/csv", key="runs_csv")
 diff = run_data.config_diff(train_form.records_for(shown))
-with st.expander(f"Config diff of the picked runs ({len(diff)} settings differ)"):
+with st.expander(f"Config diff of the picked runs (settings that differ: {len(diff)})"):
     if diff.empty:
         st.caption("The picked runs have the same settings" if len(shown) > 1 else "Pick two or more runs.")
     else:
