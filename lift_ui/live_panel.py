@@ -225,7 +225,20 @@ def run_view(job: Job, key: str, reference: pd.DataFrame | None = None) -> None:
     if reference is not None and opts["x"] == "step":  # recorded runs share the step axis only
         data = pd.concat([data, reference], ignore_index=True)
     st.plotly_chart(figs.accuracy_figure(data, steps=steps, x=opts["x"]), key=f"{key}_acc")
+    generations_panel(m, key)
     _schedule_and_memory(data, steps, opts["x"], key)
+
+
+def generations_panel(metrics: pd.DataFrame, key: str, container=st) -> None:
+    """The kept answers of the first and latest evaluations, under the accuracy curve: the
+    same prompt before and now shows what was learned and what was forgotten."""
+    table = figs.generations_table(metrics)
+    if table.empty:
+        return
+    container.markdown("**Answers at the first and latest evaluation** (3 target, 3 source prompts)")
+    container.dataframe(table, hide_index=True, key=f"{key}_gens", column_config={
+        "prompt": st.column_config.TextColumn(width="large"),
+        "correct": st.column_config.CheckboxColumn()})
 
 
 def _schedule_and_memory(data, steps: int, x: str, key: str) -> None:

@@ -122,3 +122,21 @@ def test_runs_page_names_filters_diffs_deletes_and_restores(tmp_path, monkeypatc
     restore[0].click().run()
     assert "my first run (runs/lift-a)" in at.multiselect(key="runs_picked").options
     assert (runs / "lift-a" / "notes.json").is_file()
+
+
+def test_runs_page_shows_the_answers_kept_at_evaluations(tmp_path, monkeypatch):
+    import json
+
+    run = write_run(tmp_path / "runs" / "lift-gens", "lift", 0, steps=4, eval_every=2)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if "target_acc" in row:
+            row["generations"] = [{"task": t, "prompt": f"{t} prompt", "answer": str(row["step"]),
+                                   "gold": "4", "correct": row["step"] == 4} for t in ("target", "source")]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(tmp_path / "none"))
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(tmp_path / "runs"))
+    at = _open("runs")
+    answers = [d.value for d in at.dataframe if "gold" in d.value.columns]
+    assert len(answers) == 1
+    assert answers[0]["step"].tolist() == [0, 4, 0, 4] and answers[0]["correct"].tolist() == [False, True] * 2

@@ -295,3 +295,21 @@ def test_evaluation_due_names_the_step_being_evaluated(tmp_path):
     assert run_data.evaluation_due(record, 60) is None  # step 31 trains
     record.metrics = record.metrics[record.metrics["step"] <= 19]
     assert run_data.evaluation_due(record, 60) == 20
+
+
+def test_generations_table_pairs_the_first_and_latest_answers():
+    def kept(step, answer):
+        return [{"task": task, "prompt": f"{task} q{i}", "answer": answer, "gold": "7",
+                 "correct": answer == "7"} for task in ("source", "target") for i in range(2)]
+
+    metrics = pd.DataFrame([{"step": 0, "target_acc": 0.0, "generations": kept(0, "1")},
+                            {"step": 1, "loss": 1.0},
+                            {"step": 2, "target_acc": 0.5, "generations": kept(2, "4")},
+                            {"step": 4, "target_acc": 1.0, "generations": kept(4, "7")}])
+    table = figs.generations_table(metrics)
+    assert list(table.columns) == figs.GENERATION_COLUMNS
+    assert table["step"].tolist() == [0, 4] * 4  # the same prompt before and now, side by side
+    assert table["task"].tolist()[:4] == ["target"] * 4 and table["prompt"].tolist()[:2] == ["target q0"] * 2
+    assert table["correct"].tolist()[:2] == [False, True]
+    assert figs.generations_table(metrics, latest_only=True)["step"].unique().tolist() == [4]
+    assert figs.generations_table(metrics.drop(columns="generations")).empty

@@ -191,3 +191,16 @@ def test_clipped_budget_is_noted(char_llama, tmp_path):
                                method="random"))
     config = read_run(tmp_path / "run").config
     assert summary["budget_clipped_layers"] == len(config["budget"]["clipped_layers"]) > 0
+
+
+def test_each_evaluation_keeps_three_target_and_source_answers(char_llama, tmp_path):
+    finetune(_config(char_llama, tmp_path / "run", eval_limit=3), progress=False)
+    evals = read_run(tmp_path / "run").metrics.dropna(subset=["target_acc"])
+    for _, row in evals.iterrows():
+        kept = row["generations"]
+        assert [g["task"] for g in kept] == ["target"] * 3 + ["source"] * 3
+        assert {"prompt", "answer", "gold", "correct"} <= set(kept[0])
+        # all 3 prompts of each set are kept here, so the scored answers give the accuracy
+        for task in ("target", "source"):
+            hits = [g["correct"] for g in kept if g["task"] == task]
+            assert row[f"{task}_acc"] == pytest.approx(sum(hits) / 3)

@@ -21,6 +21,10 @@ from lift_core.runs.records import RunRecorder, library_versions
 from lift_core.train.config import FinetuneConfig, config_record
 from lift_core.train.trainer import NonFiniteLoss, Trainer, is_out_of_memory
 
+# Prompts per eval set whose answers an evaluation row keeps (``generations``), so the
+# record shows what was learned and what was forgotten, not only how much.
+GENERATIONS_KEPT = 3
+
 
 def finetune(config: FinetuneConfig, *, callbacks=None, stop_event: threading.Event | None = None,
              progress: bool | None = None, resume: bool = False) -> dict:
@@ -187,11 +191,13 @@ class _Run:
 
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
         began = time.perf_counter()
-        result = self.trainer.evaluate(between_batches=self._check_stop)
-        self.acc = {**result, "eval_step": step}
+        result = self.trainer.evaluate(between_batches=self._check_stop,
+                                       generations=GENERATIONS_KEPT)
+        scores = {k: v for k, v in result.items() if k != "generations"}
+        self.acc = {**scores, "eval_step": step}
         if before:
             self.first_eval_seconds = time.perf_counter() - began
-            self.before = dict(result)
+            self.before = scores
             self.recorder.row({"step": 0, **result, "elapsed": self._elapsed()})
             self.rows += 1
         return result

@@ -177,19 +177,30 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.memory.sample()
 
-    def evaluate(self, *, between_batches: Callable[[], None] | None = None) -> dict:
+    def evaluate(self, *, between_batches: Callable[[], None] | None = None,
+                 generations: int = 0) -> dict:
         """Greedy exact-match accuracy on the target and the source eval sets.
 
         Args:
             between_batches: called before each generation batch; raise from it to abandon
                 the evaluation (how finetune honours a stop request quickly).
+            generations: keep the first this many prompts of each set with the model's
+                answers (the ones scored, no extra generation) under ``"generations"``.
 
         Returns:
-            ``{"target_acc": float, "source_acc": float}``, each in 0..1.
+            ``{"target_acc": float, "source_acc": float}``, each in 0..1, plus
+            ``"generations"`` (dicts: task, prompt, answer, gold, correct) when asked.
         """
-        return {f"{name}_acc": eval_accuracy(self.unwrapped_model, self.tokenizer,
-                                             self.data[name], self.config, between_batches)
-                for name in EVAL_SETS}
+        result, kept = {}, []
+        for name in EVAL_SETS:
+            samples = [] if generations else None
+            result[f"{name}_acc"] = eval_accuracy(self.unwrapped_model, self.tokenizer,
+                                                  self.data[name], self.config, between_batches,
+                                                  samples=samples, keep=generations)
+            kept += [{"task": name, **sample} for sample in samples or []]
+        if generations:
+            result["generations"] = kept
+        return result
 
     def close(self) -> None:
         """Drop the optimizer's gradient hooks, so the model back-propagates normally again
@@ -217,22 +228,32 @@ def mask_churn(events: list[dict]) -> float | None:
 
 
 def eval_accuracy(model, tokenizer, examples: list, config: FinetuneConfig,
-                  between_batches: Callable[[], None] | None = None) -> float:
+                  between_batches: Callable[[], None] | None = None, *,
+                  samples: list | None = None, keep: int = 0) -> float:
     """Greedy exact-match accuracy of ``model`` on ``examples``, ``config.eval_batch_size``
-    prompts at a time, calling ``between_batches`` (if given) before each batch."""
-    from lift_core.train.evaluation import accuracy, answer_length
+    prompts at a time, calling ``between_batches`` (if given) before each batch; the first
+    ``keep`` examples' prompt, answer, gold and correct are appended to ``samples``."""
+    from lift_core.train.evaluation import answer_length, generate_completions, score
 
+    if not examples:
+        raise LiftError("no examples to evaluate")
     size, limit = config.eval_batch_size, config.max_length
     # Prompts keep their last max_length tokens and answers count up to max_length, so a
     # giant eval record costs no more than a max_length one.
     max_new = config.max_new_tokens or answer_length(tokenizer, examples, max_tokens=limit)
-    hits = 0.0
+    hits = 0
     for start in range(0, len(examples), size):
         if between_batches is not None:
             between_batches()
         chunk = examples[start: start + size]
-        hits += len(chunk) * accuracy(model, tokenizer, chunk, max_new_tokens=max_new,
-                                      batch_size=size, max_prompt_tokens=limit)
+        answers = generate_completions(model, tokenizer, [e.prompt for e in chunk],
+                                       max_new_tokens=max_new, batch_size=size,
+                                       max_prompt_tokens=limit)
+        correct = score(answers, chunk)
+        hits += sum(correct)
+        if samples is not None and len(samples) < keep:
+            samples += [{"prompt": e.prompt, "answer": a.strip(), "gold": e.answer, "correct": c}
+                        for e, a, c in zip(chunk, answers, correct)][: keep - len(samples)]
     return hits / len(examples)
 
 

@@ -266,3 +266,26 @@ def series_figure(metrics: pd.DataFrame, column: str, *, title: str, y_title: st
     if len(fig.data) > 3:
         _side_legend(fig)
     return fig
+
+
+GENERATION_COLUMNS = ["step", "task", "prompt", "answer", "gold", "correct"]
+
+
+def generations_table(metrics: pd.DataFrame, *, latest_only: bool = False) -> pd.DataFrame:
+    """The kept answers of a run's first and latest evaluations (metrics rows' ``generations``),
+    one row per prompt, target before source, so what was learned and what was forgotten read
+    side by side (the same prompt, before and now). ``latest_only``: only the latest."""
+    if "generations" not in metrics:
+        return pd.DataFrame(columns=GENERATION_COLUMNS)
+    evals = metrics[metrics["generations"].map(lambda g: isinstance(g, list) and len(g) > 0)]
+    if evals.empty:
+        return pd.DataFrame(columns=GENERATION_COLUMNS)
+    picked = evals.iloc[[-1]] if latest_only else evals.iloc[[0, -1]].drop_duplicates("step")
+    rows = [{"step": int(step), **sample} for step, samples in zip(picked["step"], picked["generations"])
+            for sample in samples]
+    table = pd.DataFrame(rows).reindex(columns=GENERATION_COLUMNS)
+    order = {"target": 0, "source": 1}
+    table["_task"] = table["task"].map(order).fillna(2)
+    table["_n"] = table.groupby(["step", "task"]).cumcount()
+    table = table.sort_values(["_task", "_n", "step"], kind="stable")
+    return table.drop(columns=["_task", "_n"]).reset_index(drop=True)
