@@ -20,7 +20,7 @@ from lift_core.runs.jobs import Job
 from lift_core.train.registry import method_names
 from lift_ui.figures import training as figs
 from lift_ui.run_data import (
-    SETUP_PHASES, ended_label, evaluation_due, long_metrics, optimizer_state_bytes, progress_numbers, read_record,
+    SETUP_PHASES, ended_label, evaluation_due, evaluation_progress, long_metrics, read_generations, optimizer_state_bytes, progress_numbers, read_record,
     setup_phase, tradeoff_points,
 )
 from lift_ui.train_form import POLL_SECONDS, command_text, manager
@@ -162,6 +162,18 @@ def _phases(job: Job, record) -> None:
     lines = [f"{marks[0] if i < now else marks[1] if i == now else marks[2]} {i + 1}. {text[0].upper() + text[1:]}"
              + (f" ({done[i]})" if i < now and done.get(i) else "") for i, text in enumerate(SETUP_PHASES)]
     st.info(f"Setting up (elapsed {_clock(time.time() - job.started)}):  \n" + "  \n".join(lines))
+    _evaluation_bar(record)
+
+
+def _evaluation_bar(record) -> bool:
+    """A bar of the evaluation under way (batches done/total); False when none is."""
+    progress = evaluation_progress(record)
+    if progress is None:
+        return False
+    done, total = progress["done"], max(progress["total"], 1)
+    st.progress(min(done / total, 1.0),
+                text=f"{progress['phase'].capitalize()} at step {progress['step']}: batch {done}/{total}")
+    return True
 
 
 def _status_box(status: str, error: str | None, job: Job) -> None:
@@ -192,6 +204,8 @@ def run_view(job: Job, key: str, reference: pd.DataFrame | None = None) -> None:
     st.progress(min(nums["done"] / max(steps, 1), 1.0),
                 text=f"step {nums['done']}/{steps} · elapsed {_clock(nums['elapsed'])} · ETA {_clock(nums['eta'])}"
                 + (f" · evaluating at step {evaluating}…" if evaluating else ""))
+    if job.is_alive() and setup_phase(record) >= 2:
+        _evaluation_bar(record)
     _status_box(record.status, record.note, job)
     if (setup := setup_text(record.summary, record.config)) is not None:
         st.caption(setup)
@@ -225,14 +239,14 @@ def run_view(job: Job, key: str, reference: pd.DataFrame | None = None) -> None:
     if reference is not None and opts["x"] == "step":  # recorded runs share the step axis only
         data = pd.concat([data, reference], ignore_index=True)
     st.plotly_chart(figs.accuracy_figure(data, steps=steps, x=opts["x"]), key=f"{key}_acc")
-    generations_panel(m, key)
+    generations_panel(record.path, key)
     _schedule_and_memory(data, steps, opts["x"], key)
 
 
-def generations_panel(metrics: pd.DataFrame, key: str, container=st) -> None:
+def generations_panel(run_dir, key: str, container=st) -> None:
     """The kept answers of the first and latest evaluations, under the accuracy curve: the
     same prompt before and now shows what was learned and what was forgotten."""
-    table = figs.generations_table(metrics)
+    table = figs.generations_table(read_generations(run_dir))
     if table.empty:
         return
     container.markdown("**Answers at the first and latest evaluation** (3 target, 3 source prompts)")

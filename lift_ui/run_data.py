@@ -8,9 +8,13 @@ workshop's sentences about what a set of runs shows.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from lift_core.errors import LiftError
+from lift_core.jsonio import read_json_object
+from lift_core.runs.folder import GENERATIONS_FILE, PROGRESS_FILE
 from lift_core.runs.records import RunRecord, is_run_dir, read_run
 from lift_core.train.registry import METHOD_REGISTRY, PRINCIPAL_METHOD, method_label, method_names
 
@@ -78,6 +82,43 @@ def setup_phase(record: RunRecord | None) -> int:
         return 0
     m = record.metrics
     return 1 if m.empty or not (m["step"] == 0).any() else 2
+
+
+def read_generations(run_dir) -> pd.DataFrame:
+    """A run's generations.jsonl (``step``, ``generations``; the last line per step), empty
+    when it has none; a cut-off or unreadable line is skipped (the file is optional)."""
+    import json
+
+    try:
+        lines = (Path(run_dir) / GENERATIONS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return pd.DataFrame(columns=["step", "generations"])
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("generations"), list):
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=["step", "generations"])
+    return frame.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+
+
+def evaluation_progress(record: RunRecord | None) -> dict | None:
+    """A running run's evaluation in progress, from its progress.json: ``phase``, ``step``,
+    ``done`` and ``total`` batches; None when it is not evaluating (or has no such file)."""
+    if record is None or record.status != "running":
+        return None
+    try:
+        progress = read_json_object(record.path / PROGRESS_FILE)
+    except (LiftError, OSError):
+        return None
+    if not progress or not str(progress.get("phase", "")).startswith("evaluating"):
+        return None
+    if not all(isinstance(progress.get(k), int) for k in ("step", "done", "total")):
+        return None
+    return progress
 
 
 def evaluation_due(record: RunRecord | None, steps: int) -> int | None:

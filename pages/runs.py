@@ -71,9 +71,9 @@ data = train_form.long_metrics(train_form.records_for(shown))
 opts = live_panel.chart_options(st, "runs")
 st.plotly_chart(figs.accuracy_figure(data, x=opts["x"]), key="runs_acc")
 for label, record in train_form.records_for(shown).items():
-    if not figs.generations_table(record.metrics).empty:  # records from before answers were kept have none
+    if not run_data.read_generations(record.path).empty:  # records from before answers were kept have none
         with st.expander(f"Answers of {label} at its first and latest evaluation"):
-            live_panel.generations_panel(record.metrics, f"runs_{label}")
+            live_panel.generations_panel(record.path, f"runs_{label}")
 left, right = st.columns(2)
 left.plotly_chart(figs.loss_figure(data, raw=False, **opts), key="runs_loss")
 left.caption("EMA-smoothed; colours and dashes as in the accuracy chart (hover for the run).")

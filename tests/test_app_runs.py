@@ -128,12 +128,10 @@ def test_runs_page_shows_the_answers_kept_at_evaluations(tmp_path, monkeypatch):
     import json
 
     run = write_run(tmp_path / "runs" / "lift-gens", "lift", 0, steps=4, eval_every=2)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        if "target_acc" in row:
-            row["generations"] = [{"task": t, "prompt": f"{t} prompt", "answer": str(row["step"]),
-                                   "gold": "4", "correct": row["step"] == 4} for t in ("target", "source")]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [{"step": step, "generations": [
+        {"task": t, "prompt": f"{t} prompt", "answer": str(step), "gold": "4", "correct": step == 4}
+        for t in ("target", "source")]} for step in (0, 2, 4)]
+    (run / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 6, "gen')
     monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(tmp_path / "none"))
     monkeypatch.setenv("LIFT_RUNS_DIR", str(tmp_path / "runs"))
     at = _open("runs")

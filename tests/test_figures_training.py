@@ -313,3 +313,14 @@ def test_generations_table_pairs_the_first_and_latest_answers():
     assert table["correct"].tolist()[:2] == [False, True]
     assert figs.generations_table(metrics, latest_only=True)["step"].unique().tolist() == [4]
     assert figs.generations_table(metrics.drop(columns="generations")).empty
+
+
+def test_evaluation_progress_is_read_only_while_a_run_evaluates(tmp_path):
+    run = write_run(tmp_path / "run", "lift", 0, finished=False)
+    assert run_data.evaluation_progress(read_run(run)) is None  # no progress.json yet
+    (run / "progress.json").write_text(json.dumps({"phase": "evaluating", "step": 40, "done": 3, "total": 8}))
+    assert run_data.evaluation_progress(read_run(run))["done"] == 3
+    (run / "progress.json").write_text(json.dumps({"phase": "training", "step": 40}))
+    assert run_data.evaluation_progress(read_run(run)) is None
+    (run / "progress.json").write_text("{not json")
+    assert run_data.evaluation_progress(read_run(run)) is None

@@ -195,12 +195,36 @@ def test_clipped_budget_is_noted(char_llama, tmp_path):
 
 def test_each_evaluation_keeps_three_target_and_source_answers(char_llama, tmp_path):
     finetune(_config(char_llama, tmp_path / "run", eval_limit=3), progress=False)
+    from lift_ui.run_data import read_generations
+
     evals = read_run(tmp_path / "run").metrics.dropna(subset=["target_acc"])
+    kept_at = read_generations(tmp_path / "run").set_index("step")["generations"]
+    assert kept_at.index.tolist() == evals["step"].tolist() == [0, 2, 4]
     for _, row in evals.iterrows():
-        kept = row["generations"]
+        kept = kept_at[row["step"]]
         assert [g["task"] for g in kept] == ["target"] * 3 + ["source"] * 3
         assert {"prompt", "answer", "gold", "correct"} <= set(kept[0])
         # all 3 prompts of each set are kept here, so the scored answers give the accuracy
         for task in ("target", "source"):
             hits = [g["correct"] for g in kept if g["task"] == task]
             assert row[f"{task}_acc"] == pytest.approx(sum(hits) / 3)
+
+
+def test_evaluations_record_their_batches_in_progress_json(char_llama, tmp_path, monkeypatch):
+    from lift_core.train import loop
+
+    written = []
+
+    def spy(path, obj, **kwargs):  # the real write, and a copy of each state
+        written.append(dict(obj))
+        return write_json(path, obj, **kwargs)
+
+    write_json = loop.write_json
+    monkeypatch.setattr(loop, "write_json", spy)
+    finetune(_config(char_llama, tmp_path / "run", eval_limit=3, eval_batch_size=2), progress=False)
+    first = [(p["phase"], p.get("done"), p.get("total")) for p in written if p["step"] == 0]
+    # 2 batches of 2 prompts per eval set: the bar moves batch by batch, then training starts
+    assert first == [("evaluating before training", d, 4) for d in range(4)] + [("training", None, None)]
+    assert [p["phase"] for p in written if p["step"] == 4][-1] == "training"
+    assert {p["phase"] for p in written if p["step"] == 2} == {"evaluating", "training"}
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["phase"] == "training"

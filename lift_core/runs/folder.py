@@ -10,7 +10,7 @@ The claim also reserves a few KiB on disk, so a run that fills the disk can stil
 place that it failed.
 
 A run record is ``config.json`` (a run's: ``"format": "lift-run/..."``), ``metrics.jsonl``,
-``summary.json``, the claim and this module's temporary files, and beside a run's config.json
+``summary.json``, ``progress.json``, ``generations.jsonl``, the claim and this module's temporary files, and beside a run's config.json
 what the run saved (``RUN_OUTPUTS``: ``model/``, ``adapter/``, ``checkpoint/``,
 ``delta.safetensors``). ``overwrite`` replaces those and nothing else; a folder with other
 model files or sub-folders, a config.json that is not a run's, or (without a run's
@@ -34,7 +34,11 @@ from lift_core.jsonio import read_json_object, write_all
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
+# What a running run is doing now (an evaluation's batches done/total), replaced atomically.
+PROGRESS_FILE = "progress.json"
+# A few prompts with the model's answers at each evaluation, one JSON line per evaluation.
+GENERATIONS_FILE = "generations.jsonl"
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PROGRESS_FILE, GENERATIONS_FILE)
 CLAIM_FILE = ".lift-claim.json"
 # Bumped when a field changes meaning, so old records can be told apart.
 RECORD_FORMAT = "lift-run/1"
@@ -136,7 +140,7 @@ def foreign_entries(folder: Path) -> list[str]:
     foreign = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
-        if name in (METRICS_FILE, SUMMARY_FILE) or _ours(name):
+        if name in (METRICS_FILE, SUMMARY_FILE, PROGRESS_FILE, GENERATIONS_FILE) or _ours(name):
             continue
         if name == CONFIG_FILE or name in RUN_OUTPUTS:
             ok = run_config

@@ -11,17 +11,20 @@ memory). The settings live in :mod:`lift_core.train.config`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
 from pathlib import Path
 
-from lift_core.errors import LiftError
+from lift_core.errors import LiftError, RecordWriteError
+from lift_core.jsonio import to_json, write_json
+from lift_core.runs.folder import GENERATIONS_FILE, PROGRESS_FILE
 from lift_core.runs.records import RunRecorder, library_versions
 from lift_core.train.config import FinetuneConfig, config_record
-from lift_core.train.trainer import NonFiniteLoss, Trainer, is_out_of_memory
+from lift_core.train.trainer import EVAL_SETS, NonFiniteLoss, Trainer, is_out_of_memory
 
-# Prompts per eval set whose answers an evaluation row keeps (``generations``), so the
+# Prompts per eval set whose answers each evaluation keeps (generations.jsonl), so the
 # record shows what was learned and what was forgotten, not only how much.
 GENERATIONS_KEPT = 3
 
@@ -191,16 +194,51 @@ class _Run:
 
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
         began = time.perf_counter()
-        result = self.trainer.evaluate(between_batches=self._check_stop,
-                                       generations=GENERATIONS_KEPT)
-        scores = {k: v for k, v in result.items() if k != "generations"}
+        self.trainer.generations_kept = GENERATIONS_KEPT
+        scores = self.trainer.evaluate(between_batches=self._evaluation_progress(step, before))
+        self._write_progress({"phase": "training", "step": step})
+        self._append_generations(step, self.trainer.generations)
         self.acc = {**scores, "eval_step": step}
         if before:
             self.first_eval_seconds = time.perf_counter() - began
-            self.before = scores
-            self.recorder.row({"step": 0, **result, "elapsed": self._elapsed()})
+            self.before = dict(scores)
+            self.recorder.row({"step": 0, **scores, "elapsed": self._elapsed()})
             self.rows += 1
-        return result
+        return scores
+
+    def _evaluation_progress(self, step: int, before: bool):
+        """between_batches of an evaluation: honour a stop request, then record the batches
+        done/total in progress.json, so a live bar moves during the evaluation."""
+        size = self.config.eval_batch_size
+        total = sum(math.ceil(len(self.trainer.data[name]) / size) for name in EVAL_SETS)
+        phase = "evaluating before training" if before else "evaluating"
+        done = iter(range(total + 1))
+
+        def between_batches() -> None:
+            self._check_stop()
+            self._write_progress({"phase": phase, "step": step, "done": next(done, total),
+                                  "total": total, "elapsed": self._elapsed()})
+
+        return between_batches
+
+    def _append_generations(self, step: int, kept: list[dict]) -> None:
+        """One generations.jsonl line per evaluation (apart from metrics.jsonl, whose rows stay
+        small); optional like progress.json: a failed write skips it."""
+        if kept and self.config.out_dir and self.recorder.writer is not None:
+            line = to_json({"step": step, "generations": kept}) + "\n"
+            try:
+                with open(Path(self.config.out_dir) / GENERATIONS_FILE, "a", encoding="utf-8") as fh:
+                    fh.write(line)
+            except OSError:
+                pass
+
+    def _write_progress(self, progress: dict) -> None:
+        """Replace the run folder's progress.json (optional: a full disk skips it)."""
+        if self.config.out_dir and self.recorder.writer is not None:
+            try:
+                write_json(Path(self.config.out_dir) / PROGRESS_FILE, progress, indent=None)
+            except RecordWriteError:
+                pass
 
     def _elapsed(self) -> float:
         return round(time.perf_counter() - self.start, 3)

@@ -54,6 +54,10 @@ class Trainer:
         # Set-up phases, seconds: "load_seconds" (model from disk), "mask_seconds" (the
         # method's set-up: a sparse method's first masks, an adapter's initialisation).
         self.setup_seconds: dict[str, float] = {}
+        # evaluate() keeps the first this many prompts of each eval set with the answers it
+        # scored in ``generations`` (dicts: task, prompt, answer, gold, correct).
+        self.generations_kept = 0
+        self.generations: list[dict] = []
         # (name, fn) -> fn(): runs the forward, backward and optimizer phases of each step
         # (the benchmarks swap in one that times them).
         self.phase_runner: Callable[[str, Callable], object] = run_phase
@@ -177,29 +181,25 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.memory.sample()
 
-    def evaluate(self, *, between_batches: Callable[[], None] | None = None,
-                 generations: int = 0) -> dict:
-        """Greedy exact-match accuracy on the target and the source eval sets.
+    def evaluate(self, *, between_batches: Callable[[], None] | None = None) -> dict:
+        """Greedy exact-match accuracy on the target and the source eval sets; the first
+        ``generations_kept`` answers of each set go to ``generations`` (no extra generation).
 
         Args:
             between_batches: called before each generation batch; raise from it to abandon
                 the evaluation (how finetune honours a stop request quickly).
-            generations: keep the first this many prompts of each set with the model's
-                answers (the ones scored, no extra generation) under ``"generations"``.
 
         Returns:
-            ``{"target_acc": float, "source_acc": float}``, each in 0..1, plus
-            ``"generations"`` (dicts: task, prompt, answer, gold, correct) when asked.
+            ``{"target_acc": float, "source_acc": float}``, each in 0..1.
         """
         result, kept = {}, []
         for name in EVAL_SETS:
-            samples = [] if generations else None
+            samples: list[dict] = []
             result[f"{name}_acc"] = eval_accuracy(self.unwrapped_model, self.tokenizer,
                                                   self.data[name], self.config, between_batches,
-                                                  samples=samples, keep=generations)
-            kept += [{"task": name, **sample} for sample in samples or []]
-        if generations:
-            result["generations"] = kept
+                                                  samples=samples, keep=self.generations_kept)
+            kept += [{"task": name, **sample} for sample in samples]
+        self.generations = kept
         return result
 
     def close(self) -> None:

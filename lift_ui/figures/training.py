@@ -272,7 +272,8 @@ GENERATION_COLUMNS = ["step", "task", "prompt", "answer", "gold", "correct"]
 
 
 def generations_table(metrics: pd.DataFrame, *, latest_only: bool = False) -> pd.DataFrame:
-    """The kept answers of a run's first and latest evaluations (metrics rows' ``generations``),
+    """The kept answers of a run's first and latest evaluations (rows with ``step`` and
+    ``generations``: run_data.read_generations, one per evaluation),
     one row per prompt, target before source, so what was learned and what was forgotten read
     side by side (the same prompt, before and now). ``latest_only``: only the latest."""
     if "generations" not in metrics:
