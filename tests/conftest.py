@@ -72,3 +72,12 @@ def tiny_bert_dir(tmp_path_factory):
     config = BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, max_position_embeddings=64)
     return _save_tiny(tmp_path_factory, "tiny_bert", config)
+
+
+
+@pytest.fixture(scope="session")
+def char_llama(tmp_path_factory):
+    """A random 2-block Llama with the built-in character tokenizer (shared, read only)."""
+    from tests.tiny_models import save_char_llama
+
+    return save_char_llama(tmp_path_factory.mktemp("char_llama"))

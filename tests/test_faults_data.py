@@ -135,22 +135,6 @@ def test_a_huge_prompt_is_tokenized_in_bounded_memory():
     assert growth < 150, f"one batch grew the process by {growth:.0f} MB"
 
 
-@pytest.fixture(scope="module")
-def char_llama(tmp_path_factory):
-    """A random 2-block Llama with the built-in character tokenizer (256 positions)."""
-    from transformers import LlamaForCausalLM
-
-    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
-
-    path = tmp_path_factory.mktemp("char_llama")
-    tokenizer = build_tokenizer()
-    recipe = BuiltinRecipe(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48)
-    torch.manual_seed(0)
-    LlamaForCausalLM(build_config(recipe, tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _quick(model, **kwargs):
     settings = dict(model=model, method="lora", steps=2, eval_every=2, eval_limit=3,
                     max_new_tokens=3, batch_size=4, lora_rank=2, filter_rank=2, max_length=64)

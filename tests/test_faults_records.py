@@ -27,7 +27,7 @@ from lift_core.errors import LiftError
 from lift_core.errors import RecordWriteError
 from lift_core.runs.folder import CLAIM_FILE
 from lift_core.runs.records import RunRecorder, RunWriter, list_runs, read_run, runs_table
-from tests.test_training import _config, char_llama  # noqa: F401  (a module fixture)
+from tests.test_training import _config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -245,7 +245,7 @@ def _assert_whole_lines(folder: Path) -> None:
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_a_full_disk_mid_run_fails_the_run_in_one_line(char_llama, tmp_path):  # noqa: F811
+def test_a_full_disk_mid_run_fails_the_run_in_one_line(char_llama, tmp_path):
     from lift_core.train.loop import finetune
 
     run = tmp_path / "run"

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lift_core.cli.finetune import (
     add_finetune_parser,
@@ -19,21 +18,6 @@ from lift_core.errors import LiftError
 from lift_core.train.config import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def char_llama(tmp_path_factory):
-    from transformers import LlamaForCausalLM
-
-    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
-
-    path = tmp_path_factory.mktemp("char_llama")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    recipe = BuiltinRecipe(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48)
-    LlamaForCausalLM(build_config(recipe, tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def _parse(*argv):

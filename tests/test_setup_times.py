@@ -4,28 +4,12 @@ the time per step, and shown by the compare table and the live panel (issue 15 i
 import json
 
 import pytest
-import torch
 
 from lift_core.runs.records import read_run, runs_table
 from lift_core.train.config import FinetuneConfig
 from lift_core.train.loop import finetune
 
 SETUP_FIELDS = ("setup_seconds", "load_seconds", "mask_seconds", "first_eval_seconds")
-
-
-@pytest.fixture(scope="module")
-def char_llama(tmp_path_factory):
-    from transformers import LlamaForCausalLM
-
-    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
-
-    path = tmp_path_factory.mktemp("char_llama")
-    tokenizer = build_tokenizer()
-    recipe = BuiltinRecipe(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48)
-    torch.manual_seed(0)
-    LlamaForCausalLM(build_config(recipe, tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def test_summary_and_config_record_the_set_up_apart_from_the_steps(char_llama, tmp_path):

@@ -8,12 +8,7 @@ from lift_core.runs.records import read_run
 from lift_core.train.config import FinetuneConfig
 from lift_core.train.loop import finetune
 from lift_core.train.trainer import NonFiniteLoss, Trainer, mask_churn
-from tests.test_training import _save_char_llama
-
-
-@pytest.fixture(scope="module")
-def char_llama(tmp_path_factory):
-    return _save_char_llama(tmp_path_factory.mktemp("char_llama"))
+from tests.tiny_models import save_char_llama
 
 
 def _config(model, **kwargs):
@@ -90,7 +85,7 @@ def test_phases_run_in_order_through_the_phase_runner(char_llama):
 
 
 def test_a_nan_loss_raises_and_changes_nothing(tmp_path):
-    model = _save_char_llama(tmp_path / "nan_model", poison=True)
+    model = save_char_llama(tmp_path / "nan_model", poison=True)
     trainer = Trainer(_config(model, method="full")).setup()
     before = _weights(trainer)
     with pytest.raises(NonFiniteLoss, match="loss became nan at step 1"):

@@ -6,6 +6,8 @@ import threading
 import pytest
 import torch
 
+from tests.tiny_models import save_char_llama
+
 from lift_core.errors import LiftError
 from lift_core.runs.records import read_run
 from lift_core.train.config import FinetuneConfig
@@ -17,28 +19,6 @@ SUMMARY_FIELDS = {
     "source_acc_before", "forgetting", "trainable_params", "optimizer_state_bytes",
     "peak_memory_bytes", "peak_memory_measure", "wall_seconds", "steps_done", "seconds_per_step",
 }
-
-
-def _save_char_llama(path, *, poison=False):
-    """A random 2-block Llama with the built-in character tokenizer, saved like a real one."""
-    from transformers import LlamaForCausalLM
-
-    from lift_core.models.builtin import BuiltinRecipe, build_config, build_tokenizer
-
-    tokenizer = build_tokenizer()
-    recipe = BuiltinRecipe(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(build_config(recipe, tokenizer))
-    if poison:  # NaN in the embeddings makes the very first loss NaN
-        model.model.embed_tokens.weight.data[:] = float("nan")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def char_llama(tmp_path_factory):
-    return _save_char_llama(tmp_path_factory.mktemp("char_llama"))
 
 
 def _config(model, out=None, **kwargs):
@@ -100,7 +80,7 @@ def test_stop_event_stops_with_the_record_intact(char_llama, tmp_path):
 
 
 def test_nan_loss_fails_with_a_message(tmp_path):
-    model = _save_char_llama(tmp_path / "nan_model", poison=True)
+    model = save_char_llama(tmp_path / "nan_model", poison=True)
     summary = finetune(_config(model, tmp_path / "run", method="full"))
     assert summary["status"] == "failed" and "loss became nan at step 1" in summary["error"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"

@@ -126,7 +126,7 @@ class _Run:
             self.trainer.setup()
             self.setup_seconds = time.perf_counter() - self.start
             self.recorder.start(run_config_record(self.trainer))
-            self._continue_or_begin()
+            _continue_or_begin(self)
         except BaseException as exc:
             if is_out_of_memory(exc):  # nothing recorded yet: a one-line user error
                 raise LiftError(f"out of memory while setting up {cfg.model} for {cfg.method}: "
@@ -181,7 +181,8 @@ class _Run:
                     self._checkpoint()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-            if self.acc.get("eval_step") != cfg.steps:  # resumed after a stop in the last evaluation
+            # Resumed after a stop in the last evaluation: evaluate the final step now.
+            if self.acc.get("eval_step") != cfg.steps:
                 self.recorder.row({"step": cfg.steps, **self._evaluate(cfg.steps),
                                    "elapsed": self._elapsed()})
                 self.rows += 1
@@ -195,9 +196,9 @@ class _Run:
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
         began = time.perf_counter()
         self.trainer.generations_kept = GENERATIONS_KEPT
-        scores = self.trainer.evaluate(between_batches=self._evaluation_progress(step, before))
-        self._write_progress({"phase": "training", "step": step})
-        self._append_generations(step, self.trainer.generations)
+        scores = self.trainer.evaluate(between_batches=_evaluation_progress(self, step, before))
+        _write_progress(self, {"phase": "training", "step": step})
+        _append_generations(self, step, self.trainer.generations)
         self.acc = {**scores, "eval_step": step}
         if before:
             self.first_eval_seconds = time.perf_counter() - began
@@ -206,64 +207,8 @@ class _Run:
             self.rows += 1
         return scores
 
-    def _evaluation_progress(self, step: int, before: bool):
-        """between_batches of an evaluation: honour a stop request, then record the batches
-        done/total in progress.json, so a live bar moves during the evaluation."""
-        size = self.config.eval_batch_size
-        total = sum(math.ceil(len(self.trainer.data[name]) / size) for name in EVAL_SETS)
-        phase = "evaluating before training" if before else "evaluating"
-        done = iter(range(total + 1))
-
-        def between_batches() -> None:
-            self._check_stop()
-            self._write_progress({"phase": phase, "step": step, "done": next(done, total),
-                                  "total": total, "elapsed": self._elapsed()})
-
-        return between_batches
-
-    def _append_generations(self, step: int, kept: list[dict]) -> None:
-        """One generations.jsonl line per evaluation (apart from metrics.jsonl, whose rows stay
-        small); optional like progress.json: a failed write skips it."""
-        if kept and self.config.out_dir and self.recorder.writer is not None:
-            line = to_json({"step": step, "generations": kept}) + "\n"
-            try:
-                with open(Path(self.config.out_dir) / GENERATIONS_FILE, "a", encoding="utf-8") as fh:
-                    fh.write(line)
-            except OSError:
-                pass
-
-    def _write_progress(self, progress: dict) -> None:
-        """Replace the run folder's progress.json (optional: a full disk skips it)."""
-        if self.config.out_dir and self.recorder.writer is not None:
-            try:
-                write_json(Path(self.config.out_dir) / PROGRESS_FILE, progress, indent=None)
-            except RecordWriteError:
-                pass
-
     def _elapsed(self) -> float:
         return round(time.perf_counter() - self.start, 3)
-
-    def _continue_or_begin(self) -> None:
-        """Resume: load the checkpoint, cut the metrics back to it, recall the evaluations.
-        A new run that saves a PiSSA adapter keeps its initial adapter for the conversion."""
-        from lift_core.train import checkpoint, export
-
-        out = self.config.out_dir
-        if not self.resume:
-            if out and self.config.save:
-                export.keep_pissa_initial(self.trainer, out)
-            return
-        state = checkpoint.load_checkpoint(self.trainer, out)
-        self.rows, self.checkpoint_step = state["metrics_rows"], state["steps_done"]
-        self.train_seconds = state["extra"].get("train_seconds", 0.0)
-        self.start -= state["extra"].get("elapsed", 0.0)  # elapsed keeps counting up
-        for row in truncate_metrics(out, self.rows):
-            if row.get("step") == 0 and "target_acc" in row:
-                self.before = {k: row[k] for k in ("target_acc", "source_acc")}
-            if "target_acc" in row:
-                self.acc = {"target_acc": row["target_acc"], "source_acc": row["source_acc"],
-                            "eval_step": row["step"]}
-            self.last_loss = row.get("loss", self.last_loss)
 
     def _checkpoint(self) -> None:
         from lift_core.train.checkpoint import save_checkpoint
@@ -274,58 +219,121 @@ class _Run:
                                    "elapsed": self._elapsed()})
             self.checkpoint_step = self.trainer.steps_done
 
-    def _keep_results(self) -> dict:
-        """A completed run: save its model (``save``) and drop its checkpoint; a stopped one
-        with checkpoints gets one at the step it stopped at."""
-        from lift_core.train import checkpoint, export
-
-        out, cfg = self.config.out_dir, self.config
-        if not out:
-            return {}
-        if self.status == "stopped" and cfg.checkpoint_every:
-            self._checkpoint()
-        if self.status != "completed":
-            return {}
-        try:
-            saved = export.save_run_outputs(self.trainer, out) if cfg.save else {}
-        except OSError as exc:  # a full disk: the training is done, say what was not kept
-            self.status, self.error = "failed", f"could not save the model: {exc.strerror or exc}"
-            return {}
-        checkpoint.remove_checkpoint(out)
-        return saved
-
     def _finish(self, status: str, error: str | None) -> dict:
         self.status, self.error = status, error
-        saved = self._keep_results()
+        saved = _keep_results(self)
         self.trainer.close()  # the caller may keep the model: no gradient hooks left on it
-        summary = {**self._summary(), **saved}
+        summary = {**_run_summary(self), **saved}
         self.recorder.end(summary)
         return summary
 
-    def _summary(self) -> dict:
-        cfg, before, trainer = self.config, self.before, self.trainer
-        target, source = self.acc.get("target_acc"), self.acc.get("source_acc")
-        source_before, steps_done = before.get("source_acc"), trainer.steps_done
-        return {
-            "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
-            "status": self.status, "error": self.error,
-            "steps": cfg.steps, "steps_done": steps_done, "lr_used": cfg.lr_used,
-            "target_acc": target, "source_acc": source,
-            "target_acc_before": before.get("target_acc"), "source_acc_before": source_before,
-            "forgetting": (source_before - source) if None not in (source, source_before) else None,
-            "eval_step": self.acc.get("eval_step"), "final_loss": self.last_loss,
-            "trainable_params": trainer.trainable_params,
-            "budget_clipped_layers": len(trainer.method_setup.clipped_layers),
-            "optimizer_state_bytes": int(trainer.optimizer.state_bytes()),
-            "peak_memory_bytes": trainer.memory.result(),
-            "peak_memory_measure": trainer.memory.how,
-            "mask_refreshes": trainer.mask_refreshes, "device": str(trainer.device),
-            "wall_seconds": round(time.perf_counter() - self.start, 3),
-            "train_seconds": round(self.train_seconds, 3),
-            "seconds_per_step": (self.train_seconds / steps_done) if steps_done else None,
-            **setup_times(self.setup_seconds, trainer.setup_seconds, self.first_eval_seconds),
-            "resumed": self.resume,
-        }
+
+def _continue_or_begin(run: _Run) -> None:
+    """Resume: load the checkpoint, cut the metrics back to it, recall the evaluations.
+    A new run that saves a PiSSA adapter keeps its initial adapter for the conversion."""
+    from lift_core.train import checkpoint, export
+
+    out = run.config.out_dir
+    if not run.resume:
+        if out and run.config.save:
+            export.keep_pissa_initial(run.trainer, out)
+        return
+    state = checkpoint.load_checkpoint(run.trainer, out)
+    run.rows, run.checkpoint_step = state["metrics_rows"], state["steps_done"]
+    run.train_seconds = state["extra"].get("train_seconds", 0.0)
+    run.start -= state["extra"].get("elapsed", 0.0)  # elapsed keeps counting up
+    for row in truncate_metrics(out, run.rows):
+        if row.get("step") == 0 and "target_acc" in row:
+            run.before = {k: row[k] for k in ("target_acc", "source_acc")}
+        if "target_acc" in row:
+            run.acc = {"target_acc": row["target_acc"], "source_acc": row["source_acc"],
+                       "eval_step": row["step"]}
+        run.last_loss = row.get("loss", run.last_loss)
+
+
+def _keep_results(run: _Run) -> dict:
+    """A completed run: save its model (``save``) and drop its checkpoint; a stopped one
+    with checkpoints gets one at the step it stopped at."""
+    from lift_core.train import checkpoint, export
+
+    out, cfg = run.config.out_dir, run.config
+    if not out:
+        return {}
+    if run.status == "stopped" and cfg.checkpoint_every:
+        run._checkpoint()
+    if run.status != "completed":
+        return {}
+    try:
+        saved = export.save_run_outputs(run.trainer, out) if cfg.save else {}
+    except OSError as exc:  # a full disk: the training is done, say what was not kept
+        run.status, run.error = "failed", f"could not save the model: {exc.strerror or exc}"
+        return {}
+    checkpoint.remove_checkpoint(out)
+    return saved
+
+
+def _evaluation_progress(run: _Run, step: int, before: bool):
+    """between_batches of an evaluation: honour a stop request, then record the batches
+    done/total in progress.json, so a live bar moves during the evaluation."""
+    size = run.config.eval_batch_size
+    total = sum(math.ceil(len(run.trainer.data[name]) / size) for name in EVAL_SETS)
+    phase = "evaluating before training" if before else "evaluating"
+    done = iter(range(total + 1))
+
+    def between_batches() -> None:
+        run._check_stop()
+        _write_progress(run, {"phase": phase, "step": step, "done": next(done, total),
+                              "total": total, "elapsed": run._elapsed()})
+
+    return between_batches
+
+
+def _append_generations(run: _Run, step: int, kept: list[dict]) -> None:
+    """One generations.jsonl line per evaluation (apart from metrics.jsonl, whose rows stay
+    small); optional like progress.json: a failed write skips it."""
+    if kept and run.config.out_dir and run.recorder.writer is not None:
+        line = to_json({"step": step, "generations": kept}) + "\n"
+        try:
+            with open(Path(run.config.out_dir) / GENERATIONS_FILE, "a", encoding="utf-8") as fh:
+                fh.write(line)
+        except OSError:
+            pass
+
+
+def _write_progress(run: _Run, progress: dict) -> None:
+    """Replace the run folder's progress.json (optional: a full disk skips it)."""
+    if run.config.out_dir and run.recorder.writer is not None:
+        try:
+            write_json(Path(run.config.out_dir) / PROGRESS_FILE, progress, indent=None)
+        except RecordWriteError:
+            pass
+
+
+def _run_summary(run: _Run) -> dict:
+    """summary.json's fields for ``run`` as it stands (see docs/training.md)."""
+    cfg, before, trainer = run.config, run.before, run.trainer
+    target, source = run.acc.get("target_acc"), run.acc.get("source_acc")
+    source_before, steps_done = before.get("source_acc"), trainer.steps_done
+    return {
+        "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
+        "status": run.status, "error": run.error,
+        "steps": cfg.steps, "steps_done": steps_done, "lr_used": cfg.lr_used,
+        "target_acc": target, "source_acc": source,
+        "target_acc_before": before.get("target_acc"), "source_acc_before": source_before,
+        "forgetting": (source_before - source) if None not in (source, source_before) else None,
+        "eval_step": run.acc.get("eval_step"), "final_loss": run.last_loss,
+        "trainable_params": trainer.trainable_params,
+        "budget_clipped_layers": len(trainer.method_setup.clipped_layers),
+        "optimizer_state_bytes": int(trainer.optimizer.state_bytes()),
+        "peak_memory_bytes": trainer.memory.result(),
+        "peak_memory_measure": trainer.memory.how,
+        "mask_refreshes": trainer.mask_refreshes, "device": str(trainer.device),
+        "wall_seconds": round(time.perf_counter() - run.start, 3),
+        "train_seconds": round(run.train_seconds, 3),
+        "seconds_per_step": (run.train_seconds / steps_done) if steps_done else None,
+        **setup_times(run.setup_seconds, trainer.setup_seconds, run.first_eval_seconds),
+        "resumed": run.resume,
+    }
 
 
 def truncate_metrics(run_dir, rows: int) -> list[dict]:

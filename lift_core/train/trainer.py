@@ -51,15 +51,10 @@ class Trainer:
         self.model_params = 0  # every parameter of the model as loaded
         self.steps_done = 0  # optimizer steps taken
         self.mask_refreshes = 0  # mask refreshes that happened during training
-        # Set-up phases, seconds: "load_seconds" (model from disk), "mask_seconds" (the
-        # method's set-up: a sparse method's first masks, an adapter's initialisation).
-        self.setup_seconds: dict[str, float] = {}
-        # evaluate() keeps the first this many prompts of each eval set with the answers it
-        # scored in ``generations`` (dicts: task, prompt, answer, gold, correct).
-        self.generations_kept = 0
-        self.generations: list[dict] = []
-        # (name, fn) -> fn(): runs the forward, backward and optimizer phases of each step
-        # (the benchmarks swap in one that times them).
+        self.setup_seconds: dict[str, float] = {}  # "load_seconds", "mask_seconds" (masks/adapter)
+        self.generations_kept = 0  # evaluate() keeps this many answers of each eval set ...
+        self.generations: list[dict] = []  # ... here (task, prompt, answer, gold, correct)
+        # (name, fn) -> fn() runs each step's phases; the benchmarks swap in a timing one.
         self.phase_runner: Callable[[str, Callable], object] = run_phase
 
     def setup(self, model=None) -> Trainer:
@@ -74,9 +69,7 @@ class Trainer:
             LiftError: bad data, a model that cannot be loaded or fine-tuned, a run that
                 cannot fit in memory, settings the model does not allow.
         """
-        from lift_core.models.loading import check_causal_lm, load_model, load_tokenizer
-        from lift_core.models.preflight import check_training_fits
-        from lift_core.train.data import TrainBatches, load_run_data
+        from lift_core.train.data import TrainBatches
 
         cfg = self.config
         if cfg.threads:
@@ -86,17 +79,8 @@ class Trainer:
         self.device = self.accelerator.device
         self.memory = PeakMemory(self.device)
         if model is None:
-            check_training_fits(cfg, self.device)  # from the config alone, before allocating
-            self.data = load_run_data(cfg)
-            # The tokenizer first: one without <eos> is refused before the model loads
-            # (after the cheaper check that the model is a causal LM at all).
-            check_causal_lm(cfg.model, trust_remote_code=cfg.trust_remote_code)
-            self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
-                                            require_eos=True)
-            began = time.perf_counter()
-            model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code,
-                               dtype=cfg.dtype)
-            self.setup_seconds["load_seconds"] = time.perf_counter() - began
+            self.data, self.tokenizer, model, seconds = load_for_training(cfg, self.device)
+            self.setup_seconds["load_seconds"] = seconds
         self.model_params = sum(p.numel() for p in model.parameters())
         self._set_up_method(model.to(self.device))
         if self.data:
@@ -192,14 +176,7 @@ class Trainer:
         Returns:
             ``{"target_acc": float, "source_acc": float}``, each in 0..1.
         """
-        result, kept = {}, []
-        for name in EVAL_SETS:
-            samples: list[dict] = []
-            result[f"{name}_acc"] = eval_accuracy(self.unwrapped_model, self.tokenizer,
-                                                  self.data[name], self.config, between_batches,
-                                                  samples=samples, keep=self.generations_kept)
-            kept += [{"task": name, **sample} for sample in samples]
-        self.generations = kept
+        result, self.generations = evaluate_sets(self, between_batches)
         return result
 
     def close(self) -> None:
@@ -207,6 +184,40 @@ class Trainer:
         (for a caller that keeps the model or trains it with another optimizer)."""
         if self.optimizer is not None:
             self.optimizer.remove_grad_hooks()
+
+
+def load_for_training(cfg: FinetuneConfig, device) -> tuple[dict, object, object, float]:
+    """Data, tokenizer and model of ``cfg``, cheapest checks first, and the model's load time.
+
+    The memory estimate runs from the config alone, before anything is allocated; data loads
+    before the model (a bad file fails fast); a tokenizer without <eos> is refused before the
+    model loads (after the cheaper check that the model is a causal LM at all).
+    """
+    from lift_core.models.loading import check_causal_lm, load_model, load_tokenizer
+    from lift_core.models.preflight import check_training_fits
+    from lift_core.train.data import load_run_data
+
+    check_training_fits(cfg, device)
+    data = load_run_data(cfg)
+    check_causal_lm(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code,
+                               require_eos=True)
+    began = time.perf_counter()
+    model = load_model(cfg.model, kind="causal", trust_remote_code=cfg.trust_remote_code,
+                       dtype=cfg.dtype)
+    return data, tokenizer, model, time.perf_counter() - began
+
+
+def evaluate_sets(trainer: Trainer, between_batches) -> tuple[dict, list[dict]]:
+    """Accuracy on each eval set of ``trainer`` and the answers it keeps (Trainer.evaluate)."""
+    result, kept = {}, []
+    for name in EVAL_SETS:
+        samples: list[dict] = []
+        result[f"{name}_acc"] = eval_accuracy(trainer.unwrapped_model, trainer.tokenizer,
+                                              trainer.data[name], trainer.config, between_batches,
+                                              samples=samples, keep=trainer.generations_kept)
+        kept += [{"task": name, **sample} for sample in samples]
+    return result, kept
 
 
 def run_phase(name: str, fn: Callable):
