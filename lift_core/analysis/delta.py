@@ -87,7 +87,7 @@ def layer_delta(base: torch.Tensor, tuned: torch.Tensor, *, filter_rank: int,
     total = float(delta_sq.sum())
     s_delta = singular_values(delta)
     s_base = scorer.singular_values()
-    u, _, vh = exact_factors(w)
+    u, _, vh = scorer.factors()  # the SVD the LIFT mask was scored from: not computed again
     u2, s_tuned, vh2 = exact_factors(w_tuned)
     r = filter_rank
     left = _principal_angles(u[:, :r], u2[:, :r])

@@ -98,6 +98,11 @@ class PrincipalScorer:
             self._last_exact = (rank, scores)
         return scores
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exact SVD (U, S, Vh) of the fp32 matrix, computed once and shared with the
+        scores (callers that also need singular vectors, e.g. subspace angles, reuse it)."""
+        return self._exact_factors()
+
     def _exact_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._factors is None:
             self._factors = exact_factors(self.matrix)

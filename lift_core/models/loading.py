@@ -79,13 +79,13 @@ def resolve_model_source(name_or_dir: str) -> str:
         return EMBEDDED_MODELS[name][0]()
     path = Path(name).expanduser()
     looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep == "\\"
-    roots = allowed_model_roots()
-    if roots is not None:
+    if allowed_model_roots() is not None:
         # A hub-like name that is also a local folder would be loaded from disk by
         # transformers, so it is checked too.
         if not (looks_like_path or os.path.lexists(path)):
             return name
-        path = _inside_roots(name, path, roots)
+        path = confine(name, MODEL_ROOTS_ENV, "model path", "model folders",
+                       "use a directory under them, an embedded model or a hub id")
     if path.is_dir():
         _check_local_dir(path)
         return str(path)
@@ -94,11 +94,6 @@ def resolve_model_source(name_or_dir: str) -> str:
     if looks_like_path:
         raise LiftError(f"model directory {name} does not exist")
     return name  # a hub id such as "meta-llama/Llama-3.2-1B"
-
-
-def _inside_roots(name: str, path: Path, roots: list[Path]) -> Path:
-    return confine(name, MODEL_ROOTS_ENV, "model path", "model folders",
-                   "use a directory under them, an embedded model or a hub id")
 
 
 def _check_local_dir(path: Path) -> None:
