@@ -70,6 +70,10 @@ class FinetuneConfig:
     """Prompts generated at once when evaluating."""
     eval_limit: int | None = None
     """Evaluate on at most this many examples of each eval set, evenly spread; unset: all."""
+    eval_subset: int | None = None
+    """Intermediate evaluations use only this many examples of each eval set, evenly spread
+    (faster, denser curves); the evaluation before training and the final one use the whole
+    sets; unset: every evaluation uses the whole sets."""
     train_examples: int = 2000
     """Size of the built-in target training set (not used with a training file)."""
     max_length: int = 512
@@ -113,7 +117,7 @@ class FinetuneConfig:
                      "eval_every", "eval_batch_size", "train_examples",
                      "max_length"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("eval_limit", "threads", "max_new_tokens", "checkpoint_every"):
+        for name in ("eval_limit", "eval_subset", "threads", "max_new_tokens", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         _check_int("seed", self.seed, 0)

@@ -38,12 +38,18 @@ def load_run_data(config) -> dict[str, list[tasks.Example]]:
         "target": load(config.target_eval, tasks.target_eval_examples),
         "source": load(config.source_eval, tasks.source_eval_examples),
     }
-    limit = config.eval_limit
     for key in ("target", "source"):
-        n = len(data[key])
-        if limit and limit < n:  # evenly spread, so every sub-task of a sorted set stays in
-            data[key] = [data[key][i * n // limit] for i in range(limit)]
+        data[key] = evenly_spread(data[key], config.eval_limit)
     return data
+
+
+def evenly_spread(examples: list, limit: int | None) -> list:
+    """At most ``limit`` of ``examples`` (None: all), evenly spread, so every sub-task of a
+    sorted set stays in."""
+    n = len(examples)
+    if not limit or limit >= n:
+        return examples
+    return [examples[i * n // limit] for i in range(limit)]
 
 
 class TrainBatches:

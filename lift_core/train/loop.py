@@ -196,7 +196,12 @@ class _Run:
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
         began = time.perf_counter()
         self.trainer.generations_kept = GENERATIONS_KEPT
-        scores = self.trainer.evaluate(between_batches=_evaluation_progress(self, step, before))
+        # eval_subset: intermediate evaluations only; before training and the last step see all.
+        limit = self.config.eval_subset if 0 < step < self.config.steps else None
+        scores = self.trainer.evaluate(
+            between_batches=_evaluation_progress(self, step, before, limit), limit=limit)
+        if limit is not None and limit < max(len(self.trainer.data[n]) for n in EVAL_SETS):
+            scores["eval_examples"] = limit  # readers tell subset evaluations apart by it
         _write_progress(self, {"phase": "training", "step": step})
         _append_generations(self, step, self.trainer.generations)
         self.acc = {**scores, "eval_step": step}
@@ -272,11 +277,13 @@ def _keep_results(run: _Run) -> dict:
     return saved
 
 
-def _evaluation_progress(run: _Run, step: int, before: bool):
-    """between_batches of an evaluation: honour a stop request, then record the batches
-    done/total in progress.json, so a live bar moves during the evaluation."""
+def _evaluation_progress(run: _Run, step: int, before: bool, limit: int | None = None):
+    """between_batches of an evaluation (of at most ``limit`` examples per set): honour a
+    stop request, then record the batches done/total in progress.json, so a live bar moves
+    during the evaluation."""
     size = run.config.eval_batch_size
-    total = sum(math.ceil(len(run.trainer.data[name]) / size) for name in EVAL_SETS)
+    total = sum(math.ceil(min(len(run.trainer.data[name]), limit or math.inf) / size)
+                for name in EVAL_SETS)
     phase = "evaluating before training" if before else "evaluating"
     done = iter(range(total + 1))
 

@@ -165,18 +165,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.memory.sample()
 
-    def evaluate(self, *, between_batches: Callable[[], None] | None = None) -> dict:
+    def evaluate(self, *, between_batches: Callable[[], None] | None = None,
+                 limit: int | None = None) -> dict:
         """Greedy exact-match accuracy on the target and the source eval sets; the first
         ``generations_kept`` answers of each set go to ``generations`` (no extra generation).
 
         Args:
             between_batches: called before each generation batch; raise from it to abandon
                 the evaluation (how finetune honours a stop request quickly).
+            limit: evaluate at most this many examples of each set, evenly spread (None:
+                all); finetune's intermediate evaluations with ``eval_subset``.
 
         Returns:
             ``{"target_acc": float, "source_acc": float}``, each in 0..1.
         """
-        result, self.generations = evaluate_sets(self, between_batches)
+        result, self.generations = evaluate_sets(self, between_batches, limit)
         return result
 
     def close(self) -> None:
@@ -208,13 +211,17 @@ def load_for_training(cfg: FinetuneConfig, device) -> tuple[dict, object, object
     return data, tokenizer, model, time.perf_counter() - began
 
 
-def evaluate_sets(trainer: Trainer, between_batches) -> tuple[dict, list[dict]]:
-    """Accuracy on each eval set of ``trainer`` and the answers it keeps (Trainer.evaluate)."""
+def evaluate_sets(trainer: Trainer, between_batches, limit: int | None = None) -> tuple[dict, list[dict]]:
+    """Accuracy on each eval set of ``trainer`` (at most ``limit`` examples of each, evenly
+    spread) and the answers it keeps (Trainer.evaluate)."""
+    from lift_core.train.data import evenly_spread
+
     result, kept = {}, []
     for name in EVAL_SETS:
         samples: list[dict] = []
+        examples = evenly_spread(trainer.data[name], limit)
         result[f"{name}_acc"] = eval_accuracy(trainer.unwrapped_model, trainer.tokenizer,
-                                              trainer.data[name], trainer.config, between_batches,
+                                              examples, trainer.config, between_batches,
                                               samples=samples, keep=trainer.generations_kept)
         kept += [{"task": name, **sample} for sample in samples]
     return result, kept
