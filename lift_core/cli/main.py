@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m lift_core analyze|layers|finetune|compare|apply-delta``.
+"""Command-line interface: ``python -m lift_core analyze|layers|finetune|compare|sweep|apply-delta``.
 
 Mirrors the app: the same core functions, the same defaults (the embedded MiniLM for
 exploring, the built-in tiny Llama for training). User errors print one line and exit 2.
@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         from lift_core.cli.apply_delta import add_apply_delta_parser
         from lift_core.cli.compare import add_compare_parser
 
+        from lift_core.cli.sweep import add_sweep_parser
+
         add_compare_parser(sub)
+        add_sweep_parser(sub)
         add_apply_delta_parser(sub)
         from lift_core.cli.diff import add_diff_parser
 
