@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from lift_core.errors import LiftError
-from lift_core.jsonio import read_json_object
 from lift_core.runs.records import list_runs, read_run
+from lift_core.sweeps.runner import read_index
 from lift_core.train.registry import METHOD_REGISTRY
 
-SWEEP_FILE = "sweep.json"
 LEVELS = (0.5, 0.8, 0.9)
 POINT_COLUMNS = ["run_dir", "method", "lr", "seed", "budget", "trainable_fraction", "target_before",
                  "source_before", "target_acc", "source_acc", "forgetting"]
@@ -31,11 +30,6 @@ AT_TARGET_COLUMNS = ["method", "level", "source_mean", "source_std", "forgetting
 # The measures averaged over seeds by the curves, each as <name>_mean and <name>_std.
 _MEASURES = ("target_acc", "source_acc", "forgetting")
 CSV_FILES = ("frontier.csv", "forgetting_at_target.csv", "budget_curve.csv", "lr_curve.csv")
-
-
-def read_sweep(sweep_dir: str | os.PathLike) -> dict | None:
-    """The sweep's index (``sweep.json``), or None when the folder has none."""
-    return read_json_object(Path(sweep_dir) / SWEEP_FILE)
 
 
 def sweep_run_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
@@ -48,7 +42,7 @@ def sweep_run_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
     sweep_dir = Path(sweep_dir).expanduser()
     if not sweep_dir.is_dir():
         raise LiftError(f"sweep folder {sweep_dir} does not exist (give a folder written by `sweep --out`)")
-    index = read_sweep(sweep_dir)
+    index = read_index(sweep_dir)
     if index is None:
         return list_runs(sweep_dir)
     return [sweep_dir / entry["dir"] for entry in index.get("runs", [])]
