@@ -23,6 +23,7 @@ from lift_ui.run_data import (
     SETUP_PHASES, ended_label, evaluation_due, evaluation_progress, long_metrics, read_generations, optimizer_state_bytes, progress_numbers, read_record,
     setup_phase, tradeoff_points,
 )
+from lift_ui.sweep_panel import live_sweep
 from lift_ui.train_form import POLL_SECONDS, command_text, manager
 
 
@@ -100,7 +101,7 @@ def job_panel(kinds: tuple[str, ...], *, key: str, reference: pd.DataFrame | Non
         job = last
     alive = job.is_alive()
     label = job.label
-    if not alive and job.extra.get("kind") != "compare":
+    if not alive and job.extra.get("kind") not in ("compare", "sweep"):
         label = ended_label(read_record(job.run_dirs[0]), job.label)
     st.subheader(("Running: " if alive else "Last job: ") + label)
     where = st
@@ -110,7 +111,7 @@ def job_panel(kinds: tuple[str, ...], *, key: str, reference: pd.DataFrame | Non
             with st.spinner("Stopping after the current step…"):
                 mgr.stop()
             st.rerun()
-    elif job.extra.get("kind") != "compare":
+    elif job.extra.get("kind") not in ("compare", "sweep"):  # a sweep resumes from its tab
         _resume_button(mgr, job, key)
     with where.expander("Command line of this job"):
         st.code(command_text(job.argv[3:]) if job.argv[1:3] == ["-m", "lift_core"] else job.command_line,
@@ -146,6 +147,8 @@ def _live(job: Job, polling: bool, key: str, reference: pd.DataFrame | None = No
             st.rerun()  # the job ended: redraw the page once, without polling
         if job.extra.get("kind") == "compare":
             compare_view(job, key)
+        elif job.extra.get("kind") == "sweep":
+            live_sweep(job, key)
         else:
             run_view(job, key, reference)
 

@@ -1,10 +1,10 @@
-"""Fine-tune: launch one run (or all methods in a row) in the background and watch it live."""
+"""Fine-tune: launch one run, all methods in a row, or a sweep in the background and watch it live."""
 
 import streamlit as st
 
 from lift_core.runs.compare import DEFAULT_METHODS
 from lift_core.train.registry import method_names
-from lift_ui import data_files, live_panel, train_form
+from lift_ui import data_files, live_panel, sweep_panel, train_form
 from lift_ui.sidebar import require_app_navigation
 
 require_app_navigation()
@@ -15,7 +15,7 @@ st.caption(f"Runs go to `{train_form.runs_root()}` (set LIFT_RUNS_DIR to change 
 settings = train_form.settings_form()
 data_files.data_panel(settings)
 if settings is not None:
-    run_tab, compare_tab = st.tabs(["One run", "Compare all methods"])
+    run_tab, compare_tab, sweep_tab = st.tabs(["One run", "Compare all methods", "Sweep"])
     with run_tab:
         out = train_form.planned_dir(settings.method, "run")
         argv = train_form.finetune_argv(settings, out)
@@ -35,5 +35,7 @@ if settings is not None:
                                    slot="compare", settings=settings, steps=settings.steps,
                                    job_label=f"compare {', '.join(methods)} ({settings.steps} steps each)",
                                    key="ft_compare")
+    with sweep_tab:
+        sweep_panel.sweep_tab(settings)
 
-live_panel.job_panel(("finetune", "compare"), key="ft_live")
+live_panel.job_panel(("finetune", "compare", "sweep"), key="ft_live")
