@@ -60,16 +60,19 @@ def carry_moments(old: torch.Tensor, new: torch.Tensor,
                   moments: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
     """Moments laid out by the sorted indices ``new``, carried over from those of ``old``.
 
-    Entries in both masks keep their values; entries only in ``new`` start at zero.
+    Entries in both masks keep their values; entries only in ``new`` start at zero. The
+    two may differ in length (one rank's slice of a sharded matrix's mask; either empty).
 
     Returns:
         (the new moment vectors by key, how many entries of ``new`` were not in ``old``).
     """
+    if old.numel() == 0:
+        return {key: moment.new_zeros(new.numel()) for key, moment in moments.items()}, new.numel()
     slot = torch.searchsorted(old, new).clamp_(max=old.numel() - 1)
     stays = old[slot] == new
     carried = {}
     for key, moment in moments.items():
-        carried[key] = torch.zeros_like(moment)
+        carried[key] = moment.new_zeros(new.numel())
         carried[key][stays] = moment[slot[stays]]
     return carried, new.numel() - int(stays.sum())
 
