@@ -33,7 +33,7 @@ SWEEP_FILE = "sweep.json"
 SWEEP_KIND = "lift-sweep"
 SWEEP_VERSION = 1
 # Settings that do not change what a run computes: a completed run is kept when only these differ.
-_NOT_COMPARED = ("out_dir", "overwrite", "threads", "checkpoint_every", "save", "merge",
+_NOT_COMPARED = ("out_dir", "overwrite", "threads", "processes", "checkpoint_every", "save", "merge",
                  "trust_remote_code", "eval_batch_size")
 
 
@@ -170,14 +170,15 @@ def _start_index(runs: list[PlannedRun], grid: SweepGrid, out: Path, argv, rerun
         if dropped:
             raise LiftError(f"{out} holds a sweep with other runs (e.g. {sorted(dropped)[0]}); "
                             "give its grid again (or a larger one) to continue it, or a new --out")
-    entries = [_entry(planned, out, rerun) for planned in runs]
+    seconds = {e.get("name"): e.get("seconds") for e in (previous or {}).get("runs", [])}
+    entries = [_entry(planned, out, rerun, seconds.get(planned.name)) for planned in runs]
     return {"kind": SWEEP_KIND, "version": SWEEP_VERSION,
             "created": (previous or {}).get("created", time.time()), "argv": list(argv or []),
             "grid": grid.as_record(), "runs": entries, "done": 0, "total": len(entries),
             "eta_seconds": None, "status": "running"}
 
 
-def _entry(planned: PlannedRun, out: Path, rerun: bool) -> dict:
+def _entry(planned: PlannedRun, out: Path, rerun: bool, earlier_seconds: float | None) -> dict:
     cfg, run_dir = planned.config, Path(planned.config.out_dir)
     status, seconds, error = "pending", None, None
     record = _read_record(run_dir)
@@ -188,7 +189,8 @@ def _entry(planned: PlannedRun, out: Path, rerun: bool) -> dict:
             if differs:
                 raise LiftError(f"{run_dir} was completed with {differs}; use a new --out folder "
                                 "(or --overwrite to train it again)")
-            seconds = (record.summary or {}).get("wall_seconds")
+            # The sweep's own count (set-up included) when it trained the run, else the run's.
+            seconds = earlier_seconds or (record.summary or {}).get("wall_seconds")
         elif status == "completed":
             status = "pending"
     return {"name": planned.name, "dir": os.path.relpath(run_dir, out), "method": cfg.method,
