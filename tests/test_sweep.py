@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +25,7 @@ from lift_core.sweeps.runner import read_index, run_sweep
 TINY = ["--steps", "4", "--eval-every", "2", "--eval-limit", "4", "--eval-subset", "2",
         "--train-examples", "32", "--batch-size", "8", "--threads", "1", "--no-save", "--no-progress"]
 GRID = ["--methods", "lift,full", "--lrs", "1e-3,1e-2", "--seeds", "0"]
+REPO = Path(__file__).resolve().parents[1]
 NAMES = ["lift-lr0.001-s0", "lift-lr0.01-s0", "full-lr0.001-s0", "full-lr0.01-s0"]
 
 
@@ -150,3 +157,26 @@ def test_plan_order_names_and_budgets(tmp_path):
     assert run_name("full", 1e-4, 2) == "full-lr0.0001-s2"
     with pytest.raises(LiftError, match="same run"):
         plan_runs(parse_grid("lift", "0.0010000001,0.001"), tmp_path)
+
+
+@pytest.mark.slow  # a fresh interpreter and a model set-up: ~28 s on a loaded 2-core machine
+def test_ctrl_c_stops_the_current_run_and_the_sweep(tmp_path):
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "lift_core", "sweep", "--methods", "lift", "--lrs", "1e-3,1e-2",
+           "--steps", "5000", "--eval-every", "5000", "--eval-limit", "2", "--train-examples", "16",
+           "--threads", "1", "--no-save", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    metrics = out / "lift-lr0.001-s0" / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"loss"') >= 2:
+            break
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, output
+    index = read_index(out)
+    assert index["status"] == "stopped" and [r["status"] for r in index["runs"]] == ["stopped", "pending"]
+    assert "run 1/2 lift-lr0.001-s0" in output and "run the same command again" in output
+    assert not (out / "lift-lr0.01-s0").exists() and not (out / ".lift-claim.json").exists()
