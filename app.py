@@ -1,12 +1,13 @@
 """LIFT Studio: `streamlit run app.py`. The page list below is the whole navigation.
 
-The frame (navigation) is drawn before anything imports torch: a cold process takes
-seconds to import it, and the page would stay blank meanwhile (issue 14).
+Nothing here imports torch: a cold process takes seconds to import it, and the page
+would stay blank meanwhile. The navigation, then each page's title and intro, are drawn
+first; the page imports torch after them, under a spinner (lift_ui.navigation, issue 14).
 """
 
-import sys
-
 import streamlit as st
+
+from lift_ui.navigation import configure_torch
 
 st.set_page_config(page_title="LIFT Studio", page_icon=":material/filter_alt:", layout="wide")
 
@@ -27,10 +28,5 @@ PAGES = {
 }
 
 page = st.navigation({section: pages for section, pages in PAGES.items() if pages})
-if "torch" in sys.modules:
-    from lift_ui.sidebar import configure_torch
-else:  # the first run of a fresh server: say what the wait is while torch loads
-    with st.spinner("Starting LIFT Studio: loading PyTorch (first visit only)…"):
-        from lift_ui.sidebar import configure_torch
-configure_torch()
+configure_torch()  # no-op until a page has imported torch (inside navigation.heavy_imports)
 page.run()

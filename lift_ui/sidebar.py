@@ -5,22 +5,22 @@ budget, SVD mode) or None when no model could be loaded. Choices survive page sw
 each widget has a private key ``_w_<name>`` that is restored from, and copied back to, a
 persisted key ``lift_<name>`` (Streamlit drops a widget's state when a page that does not
 draw it runs). The models and per-layer results it reads are cached in :mod:`lift_ui.caches`.
-Also here: the per-run torch thread count and the guard that sends a run through app.py.
+The guard that sends a run through app.py and torch's thread count live in the torch-free
+:mod:`lift_ui.navigation`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import streamlit as st
-import torch
 
 from lift_core.errors import LiftError
 from lift_core.lowrank import masks as lift_masks
 from lift_core.models.loading import DEFAULT_EXPLORE_MODEL, EMBEDDED_MODELS, LinearLayer, allowed_model_roots
 from lift_ui.caches import load_cached_model, model_facts, model_layers
+from lift_ui.navigation import require_app_navigation
 
 OTHER_MODEL = "other…"
 BUDGET_MODES = ("LoRA rank", "density %")
@@ -53,41 +53,6 @@ class Selection:
         else:
             how = f"{self.density:.1%} of the matrix"
         return f"k = {self.k:,} of {numel:,} entries ({self.k / numel:.2%}), {how}"
-
-
-def configure_torch() -> None:
-    """Use half the cores for torch (LIFT_TORCH_THREADS overrides), in every script run.
-
-    On a shared or small machine, torch's default of one thread per core oversubscribes the
-    CPU and a small SVD can run 20x slower (measured: whole-MiniLM analysis 2 s with one
-    thread vs 42 s with two on a busy 2-core box).
-    """
-    wanted = os.environ.get("LIFT_TORCH_THREADS") or max(1, (os.cpu_count() or 2) // 2)
-    try:
-        threads = max(1, int(wanted))
-    except ValueError:
-        threads = 1
-    # Always set it: the OpenMP thread count is per calling thread, and Streamlit runs each
-    # script run in a new thread, where get_num_threads() may report 1 while the OpenMP
-    # pool of that thread still starts one worker per core.
-    torch.set_num_threads(threads)
-
-
-def require_app_navigation() -> None:
-    """Make sure this run came through app.py's st.navigation, not the pages/ fallback.
-
-    Streamlit still knows the old "pages/ directory" mode: on a fresh server, a first visit
-    straight to /spectrum runs pages/spectrum.py on its own (no app.py, default page list)
-    until some run calls st.navigation. Leave that mode and rerun, so app.py draws the page.
-    Once per session: AppTest re-enters that mode on every run, and rerunning each time
-    would swallow button clicks (the page still works when run on its own).
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory and not st.session_state.get("_lift_left_pages_dir"):
-        st.session_state["_lift_left_pages_dir"] = True
-        PagesManager.uses_pages_directory = False
-        st.rerun()
 
 
 # --- persisted widgets -----------------------------------------------------------------

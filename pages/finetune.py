@@ -2,13 +2,15 @@
 
 import streamlit as st
 
-from lift_core.runs.compare import DEFAULT_METHODS
-from lift_core.train.registry import method_names
-from lift_ui import data_files, live_panel, sweep_panel, train_form
-from lift_ui.sidebar import require_app_navigation
+from lift_ui.navigation import heavy_imports, require_app_navigation
 
 require_app_navigation()
 st.title("Fine-tune")
+# The rest loads torch: on a fresh server the title above paints first (issue 14).
+with heavy_imports():
+    from lift_core.runs.compare import DEFAULT_METHODS
+    from lift_core.train.registry import method_names
+    from lift_ui import data_files, live_panel, sweep_panel, train_form
 st.caption(f"Runs go to `{train_form.runs_root()}` (set LIFT_RUNS_DIR to change it). Training runs as a "
            "separate process: closing or reloading this tab does not stop it, and one job runs at a time.")
 

@@ -2,10 +2,7 @@
 
 import streamlit as st
 
-from lift_core.runs.compare import method_table
-from lift_core.runs.records import runs_table
-from lift_core.train.registry import METHOD_REGISTRY
-from lift_ui import caches, run_data, sidebar, train_form
+from lift_ui.navigation import heavy_imports
 
 
 def _sample_runs_forgetting() -> str:
@@ -38,6 +35,12 @@ st.markdown(
     "fine-tuning on reasoning tasks and forgets less of the source domain than full "
     "fine-tuning and LoRA."
 )
+# The rest loads torch: on a fresh server the title and intro above paint first (issue 14).
+with heavy_imports():
+    from lift_core.runs.compare import method_table
+    from lift_core.runs.records import runs_table
+    from lift_core.train.registry import METHOD_REGISTRY
+    from lift_ui import caches, run_data, sidebar, train_form
 measured = _sample_runs_forgetting()
 if measured:
     st.markdown(measured)

@@ -2,11 +2,15 @@
 
 import streamlit as st
 
-from lift_core.errors import LiftError
-from lift_ui import caches, sidebar
-from lift_ui.figures.explorer import model_overlap_figure, overlap_sweep_figure, pairwise_figure
+from lift_ui.navigation import heavy_imports, require_app_navigation
 
+require_app_navigation()
 st.title("Overlap between masks")
+# The rest loads torch: on a fresh server the title above paints first (issue 14).
+with heavy_imports():
+    from lift_core.errors import LiftError
+    from lift_ui import caches, sidebar
+    from lift_ui.figures.explorer import model_overlap_figure, overlap_sweep_figure, pairwise_figure
 sel = sidebar.explorer_sidebar()
 if sel is None:
     st.info("Pick a model in the sidebar.")

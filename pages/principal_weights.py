@@ -2,16 +2,7 @@
 
 import streamlit as st
 
-from lift_core.analysis.overlap import mask_difference, row_col_counts
-from lift_ui import caches, sidebar
-from lift_ui.figures.explorer import COLORS
-from lift_ui.figures.matrix import (
-    difference_heatmap,
-    magnitude_heatmap,
-    mask_heatmap,
-    row_col_figure,
-)
-from lift_ui.pooling import BOTH, ONLY_LIFT, ONLY_MAGNITUDE, TIED, ZOOM_SIDE, MatrixView, category_shares
+from lift_ui.navigation import heavy_imports, require_app_navigation
 
 
 def _overlap_metrics(box, codes, where: str) -> None:
@@ -26,7 +17,15 @@ def _overlap_metrics(box, codes, where: str) -> None:
                help="Over the whole matrix both masks hold k entries, so the two counts are equal.")
 
 
+require_app_navigation()
 st.title("Principal weights")
+# The rest loads torch: on a fresh server the title above paints first (issue 14).
+with heavy_imports():
+    from lift_core.analysis.overlap import mask_difference, row_col_counts
+    from lift_ui import caches, sidebar
+    from lift_ui.figures.explorer import COLORS
+    from lift_ui.figures.matrix import difference_heatmap, magnitude_heatmap, mask_heatmap, row_col_figure
+    from lift_ui.pooling import BOTH, ONLY_LIFT, ONLY_MAGNITUDE, TIED, ZOOM_SIDE, MatrixView, category_shares
 sel = sidebar.explorer_sidebar()
 if sel is None:
     st.info("Pick a model in the sidebar.")

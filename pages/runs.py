@@ -2,12 +2,14 @@
 
 import streamlit as st
 
-from lift_ui import live_panel, run_data, run_manager, train_form
-from lift_ui.figures import training as figs
-from lift_ui.sidebar import require_app_navigation
+from lift_ui.navigation import heavy_imports, require_app_navigation
 
 require_app_navigation()
 st.title("Runs")
+# The rest loads torch: on a fresh server the title above paints first (issue 14).
+with heavy_imports():
+    from lift_ui import live_panel, run_data, run_manager, train_form
+    from lift_ui.figures import training as figs
 table = train_form.browse_runs()
 if table.empty:
     st.info(f"No run records yet in `sample_runs/` or `{train_form.runs_root()}`. Launch one on the "

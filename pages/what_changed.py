@@ -6,17 +6,19 @@ from pathlib import Path
 
 import streamlit as st
 
-from lift_core.analysis.delta import ModelPair, run_pair, saved_model_dir
-from lift_core.errors import LiftError
-from lift_core.train.registry import PRINCIPAL_METHOD
-from lift_ui import caches, train_form
-from lift_ui.figures import delta as figs
-from lift_ui.sidebar import require_app_navigation
+from lift_ui.navigation import heavy_imports, require_app_navigation
 
 require_app_navigation()
 st.title("What changed")
 st.caption("How each method changed the weights: ΔW = W_tuned − W_base for every block linear, "
            "measured against the base's own principal weights and singular subspaces.")
+# The rest loads torch: on a fresh server the title above paints first (issue 14).
+with heavy_imports():
+    from lift_core.analysis.delta import ModelPair, run_pair, saved_model_dir
+    from lift_core.errors import LiftError
+    from lift_core.train.registry import PRINCIPAL_METHOD
+    from lift_ui import caches, train_form
+    from lift_ui.figures import delta as figs
 
 runs = train_form.browse_runs()
 saved = runs[[saved_model_dir(p) is not None for p in runs["path"]]] if len(runs) else runs

@@ -2,15 +2,17 @@
 
 import streamlit as st
 
-from lift_core.runs.compare import method_table
-from lift_core.runs.records import runs_table
-from lift_core.train.registry import PRINCIPAL_METHOD, method_label, method_names
-from lift_ui import live_panel, run_data, train_form
-from lift_ui.figures import training as figs
-from lift_ui.sidebar import require_app_navigation
+from lift_ui.navigation import heavy_imports, require_app_navigation
 
 require_app_navigation()
 st.title("Workshop: LIFT in ten minutes")
+# The rest loads torch: on a fresh server the title above paints first (issue 14).
+with heavy_imports():
+    from lift_core.runs.compare import method_table
+    from lift_core.runs.records import runs_table
+    from lift_core.train.registry import PRINCIPAL_METHOD, method_label, method_names
+    from lift_ui import live_panel, run_data, train_form
+    from lift_ui.figures import training as figs
 records = train_form.sample_records()
 demo = train_form.demo_settings()
 refresh = run_data.refresh_interval_text(records, demo.update_interval)
