@@ -324,3 +324,20 @@ def test_evaluation_progress_is_read_only_while_a_run_evaluates(tmp_path):
     assert run_data.evaluation_progress(read_run(run)) is None
     (run / "progress.json").write_text("{not json")
     assert run_data.evaluation_progress(read_run(run)) is None
+
+
+def test_points_at_0_and_100_percent_are_drawn_whole(tmp_path, samples):
+    """Accuracy axes leave room past 0 and 100 % and no trace clips its markers at the plot
+    edge (a stopped run's hollow point at 0 % sat half-drawn on the axis, issue 14)."""
+    fig = figs.accuracy_figure(run_data.long_metrics(_records(samples, ["lift-seed0"])), steps=60)
+    for axis in (fig.layout.yaxis, fig.layout.yaxis2):
+        low, high = axis.range
+        assert low <= -3 and high >= 103
+    assert all(t.cliponaxis is False for t in fig.data)
+    stopped = write_run(tmp_path / "s", "lora", 0, status="stopped")
+    points = run_data.tradeoff_points({"lift": read_run(write_run(tmp_path / "d", "lift", 0)),
+                                       "lora": read_run(stopped)})
+    points.loc[1, ["target_acc", "forgetting"]] = [0.0, 0.0]  # stopped before learning anything
+    fig = figs.tradeoff_figure(points)
+    assert all(t.cliponaxis is False for t in fig.data)
+    assert fig.layout.yaxis.range[0] < 0 and fig.layout.xaxis.range[0] < 0  # 0 % lies inside

@@ -47,6 +47,9 @@ def _rows_with(metrics: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 X_AXES = {"step": "step", "elapsed": "wall time (s since the run started)"}
+# Accuracy axes (%): 0-100 with room for a marker at either end (plus cliponaxis=False on
+# the traces, so a point at 0 % or 100 % is never cut in half by the plot edge).
+ACCURACY_RANGE = (-3, 103)
 
 
 def _x_range(fig: go.Figure, steps: int | None, x: str = "step") -> None:
@@ -122,10 +125,10 @@ def accuracy_figure(metrics: pd.DataFrame, *, steps: int | None = None, x: str =
                 type="data", array=100 * spread.fillna(0).to_numpy(), visible=True, thickness=1)
             fig.add_trace(go.Scatter(
                 x=run[x], y=100 * run[column], mode="lines+markers", name=label,
-                legendgroup=label, showlegend=row == 1, error_y=errors,
+                legendgroup=label, showlegend=row == 1, error_y=errors, cliponaxis=False,
                 line=dict(width=2, **styles[label]), marker=dict(size=6)), row=row, col=1)
         # Fixed 0-100: the scale does not jump as a run's first evaluations come in.
-        fig.update_yaxes(title="accuracy %", range=[-2, 102], row=row, col=1)
+        fig.update_yaxes(title="accuracy %", range=list(ACCURACY_RANGE), row=row, col=1)
     fig.update_xaxes(title=X_AXES[x], row=2, col=1)
     _x_range(fig, steps, x)
     fig = _layout(fig, title, height=520)
@@ -188,7 +191,7 @@ def tradeoff_figure(points: pd.DataFrame, *, title: str = "Accuracy vs forgettin
             marker=dict(size=14, color=method_color(p["method"]), symbol="circle-open" if note else "circle",
                         line=dict(color=method_color(p["method"]) if note else "white", width=2 if note else 1)),
             hovertemplate=f"{p['label']}: forgetting %{{x:.1f}} pt, target %{{y:.1f}}%{runs}<extra></extra>",
-            **err))
+            cliponaxis=False, **err))  # a point on the outer gridline (0 %, 100 %) is drawn whole
     fig.update_xaxes(title="forgetting: source accuracy lost (points) → worse", zeroline=True,
                      zerolinecolor="#bbbbbb", **_bracketing_range(points, "forgetting"))
     fig.update_yaxes(title="target accuracy % → better", **_bracketing_range(points, "target_acc"))
