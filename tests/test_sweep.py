@@ -19,7 +19,7 @@ from lift_core.errors import LiftError
 from lift_core.runs.folder import RunClaim
 from lift_core.runs.records import read_run
 from lift_core.sweeps.plan import parse_grid, plan_runs, run_name
-from lift_core.sweeps.runner import read_index, run_sweep
+from lift_core.sweeps.runner import read_index, run_sweep, sweep_status
 
 # Four steps with an evaluation at step 2 on a 2-example subset (eval-limit 4: the whole sets).
 TINY = ["--steps", "4", "--eval-every", "2", "--eval-limit", "4", "--eval-subset", "2",
@@ -115,6 +115,26 @@ def test_a_failed_run_does_not_end_the_sweep_and_a_stop_does(tmp_path):
     assert "loss" in index["runs"][0]["error"] and index["status"] == "stopped"
     assert index["done"] == 1 and index["eta_seconds"] == pytest.approx(2 * index["runs"][0]["seconds"], abs=0.2)
     assert read_run(tmp_path / "s" / runs[1].name).summary["status"] == "stopped"
+    assert sweep_status(tmp_path / "s") == "stopped"
+
+
+def test_a_stopped_run_with_a_checkpoint_resumes_from_it(tmp_path):
+    grid = parse_grid("lift", "1e-2", "0")
+    runs = plan_runs(grid, tmp_path / "s", steps=4, eval_every=4, eval_limit=2, train_examples=16,
+                     batch_size=4, threads=1, save=False, checkpoint_every=2)
+    stop = threading.Event()
+
+    def stop_at_step_2(index, row):
+        if row is not None and row.get("step") == 2:
+            stop.set()
+
+    assert run_sweep(runs, grid, tmp_path / "s", stop_event=stop, on_change=stop_at_step_2)["status"] == "stopped"
+    index_file = tmp_path / "s" / "sweep.json"  # as a killed sweep leaves it
+    index_file.write_text(json.dumps({**json.loads(index_file.read_text()), "status": "running"}))
+    assert sweep_status(tmp_path / "s") == "interrupted"  # "running", but no process holds it
+    index = run_sweep(runs, grid, tmp_path / "s")
+    summary = read_run(tmp_path / "s" / runs[0].name).summary
+    assert index["status"] == "completed" and summary["resumed"] and summary["steps_done"] == 4
 
 
 def test_a_folder_another_sweep_holds_is_refused(tmp_path, capsys):
