@@ -90,6 +90,8 @@ def plan_runs(grid: SweepGrid, out: str | os.PathLike, **shared) -> list[Planned
     given = sorted(set(shared) & set(GRID_FIELDS) - {"lora_rank"})
     if given:
         raise LiftError(f"a sweep sets {', '.join(given)} per run; leave it out of the shared settings")
+    if (shared.get("processes") or 1) > 1:  # runs are trained in this process, one at a time
+        raise LiftError("a sweep trains its runs in one process; leave out --processes")
     if grid.budgets is not None and shared.get("lora_rank") is not None:
         raise LiftError("give the budget either as --budgets (a sweep axis) or as --lora-rank, not both")
     out = Path(out).expanduser()
