@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         from lift_core.cli.diff import add_diff_parser
 
         add_diff_parser(sub)
+        from lift_core.cli.sensitivity import add_sensitivity_parser
+
+        add_sensitivity_parser(sub)
     return parser
 
 
