@@ -2,7 +2,7 @@
 
 The sharded run is started with torchrun (tests/dist_scripts/fsdp_lift_run.py) and
 compared with lift_core's SparseAdamW on one process over the same model, settings and
-global batches: losses, final weights and final masks, and each rank's optimizer state is
+global batches: losses, clipping norms, final weights and final masks, and each rank's optimizer state is
 about half of the single-process state.
 """
 
@@ -57,16 +57,16 @@ def _single_process(model_dir: Path):
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     named = run.block_weights(model)
     optimizer = SparseAdamW([{"params": [p for _, p in named], **run.GROUP}], **run.ADAMW)
-    losses = []
+    losses, norms = [], []
     for step in range(run.STEPS):
         ids = run.batch(step)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        optimizer.clip_grad_norm_(run.MAX_NORM)
+        norms.append(optimizer.clip_grad_norm_(run.MAX_NORM).item())
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    return losses, named, optimizer
+    return losses, norms, named, optimizer
 
 
 def _single_process_weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -87,8 +87,10 @@ def test_two_fsdp2_processes_train_like_one(tmp_path):
     sharded = torch.load(out / "result.pt")
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
-    losses, named, optimizer = _single_process(model_dir)
+    losses, norms, named, optimizer = _single_process(model_dir)
     assert sharded["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    assert sharded["norms"] == pytest.approx(norms, rel=1e-5)  # the global norm, clipped
+    assert min(norms) > run.MAX_NORM
     for name, p in named:
         assert torch.equal(sharded["masks"][name], optimizer.mask_of(p)), name
         torch.testing.assert_close(sharded["weights"][name], p.detach(), rtol=1e-4, atol=1e-5)
@@ -114,3 +116,26 @@ def test_plain_tensors_are_refused():
     weight = torch.nn.Parameter(torch.randn(8, 8))
     with pytest.raises(LiftError, match="fully_shard"):
         ShardedSparseAdamW([{"params": [weight], **run.GROUP}], **run.ADAMW)
+
+
+@pytest.mark.parametrize("name", ["LLAMA_2_7B", "LLAMA_3_70B"])
+def test_memory_arithmetic_counts_the_real_architecture(name):
+    # docs/distributed.md's tables come from bench/memory_arithmetic.py: its parameter
+    # counts must be those of the transformers model (built on the meta device, no memory).
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench import memory_arithmetic
+
+    arch = getattr(memory_arithmetic, name)
+    config = LlamaConfig(vocab_size=arch.vocab, hidden_size=arch.hidden,
+                         intermediate_size=arch.ffn, num_hidden_layers=arch.layers,
+                         num_attention_heads=arch.heads, num_key_value_heads=arch.kv_heads,
+                         tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    named = dict(model.named_parameters())
+    assert sum(p.numel() for p in named.values()) == arch.total_params()
+    assert sum(p.numel() for n, p in named.items() if n.endswith("proj.weight")) == (
+        arch.linear_params())
+    assert arch.total_params() == {"LLAMA_2_7B": 6_738_415_616,
+                                   "LLAMA_3_70B": 70_553_706_496}[name]

@@ -120,8 +120,9 @@ class ShardedSparseAdamW(torch.optim.Optimizer):
         """
         grads = [p.grad.to_local() for g in self.param_groups for p in g["params"]
                  if p.grad is not None]
+        device = grads[0].device if grads else torch.device("cpu")
         squares = sum((n.float() ** 2 for n in torch._foreach_norm(grads, 2.0)),
-                      torch.zeros(()))
+                      torch.zeros((), device=device))  # on the device NCCL needs
         dist.all_reduce(squares, group=_process_group(self))
         total = squares.sqrt()
         torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
@@ -168,7 +169,8 @@ class ShardedSparseAdamW(torch.optim.Optimizer):
                 changed_counts.append(changed)
             offset += len(group["params"])
         if rows:
-            counts = torch.tensor(changed_counts, dtype=torch.int64)
+            counts = torch.tensor(changed_counts, dtype=torch.int64,
+                                  device=self.param_groups[0]["params"][0].device)
             dist.all_reduce(counts, group=_process_group(self))
             for row, count in zip(rows, counts.tolist()):
                 row[2] = count
@@ -188,7 +190,7 @@ def local_mask_indices(p: DTensor, group: dict, position: int, refresh: int) -> 
     if dist.get_rank(mesh_group) == owner:
         chosen = select_mask(full, group, position, refresh).long()
     else:
-        chosen = torch.empty(_mask_entries(p, group), dtype=torch.long)
+        chosen = torch.empty(_mask_entries(p, group), dtype=torch.long, device=full.device)
     del full  # the full matrix is transient: one at a time
     dist.broadcast(chosen, group=mesh_group, group_src=owner)
     first, stop = _local_flat_range(p)
