@@ -15,7 +15,9 @@ import pandas as pd
 import streamlit as st
 
 from lift_core.errors import LiftError
+from lift_core.jsonio import read_json_object
 from lift_core.runs.compare import read_compare
+from lift_core.runs.folder import PROGRESS_FILE
 from lift_core.runs.jobs import Job
 from lift_core.train.registry import method_names
 from lift_ui.figures import training as figs
@@ -165,7 +167,25 @@ def _phases(job: Job, record) -> None:
     lines = [f"{marks[0] if i < now else marks[1] if i == now else marks[2]} {i + 1}. {text[0].upper() + text[1:]}"
              + (f" ({done[i]})" if i < now and done.get(i) else "") for i, text in enumerate(SETUP_PHASES)]
     st.info(f"Setting up (elapsed {_clock(time.time() - job.started)}):  \n" + "  \n".join(lines))
+    _setup_bar(job.run_dirs[0])
     _evaluation_bar(record)
+
+
+def _setup_bar(run_dir) -> None:
+    """A labelled bar of the set-up phase under way, from progress.json (the loop writes it
+    before config.json, so there is no record yet): the model loading, then the first masks
+    matrix by matrix. Nothing once the set-up is done."""
+    try:
+        progress = read_json_object(Path(run_dir) / PROGRESS_FILE) or {}
+    except (LiftError, OSError):
+        return
+    if progress.get("phase") == "loading model":
+        st.progress(0.0, text="Loading the model and the data…")
+    elif progress.get("phase") == "computing masks" and all(
+            isinstance(progress.get(k), int) for k in ("done", "total")):
+        done, total = progress["done"], max(progress["total"], 1)
+        st.progress(min(done / total, 1.0), text=f"Computing masks: {done}/{total} matrices"
+                    + (f" · {progress['layer']}" if progress.get("layer") else ""))
 
 
 def _evaluation_bar(record) -> bool:
@@ -288,6 +308,7 @@ def compare_view(job: Job, key: str) -> None:
     if not records:
         if job.is_alive():
             st.info("Starting the first run…")
+            _setup_bar(job.run_dirs[0])
         return
     setups = {m: t for m, r in records.items() if (t := setup_text(r.summary, r.config))}
     if setups:

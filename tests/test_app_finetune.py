@@ -234,3 +234,27 @@ def test_data_files_are_checked_with_the_clis_loader_and_previewed(runs, tmp_pat
     bad.write_text('{"instruction": "x"}\n')  # no output field
     at.text_input(key="_w_ft_train_data").set_value(str(bad)).run()
     assert any("output" in e.value for e in at.error), [e.value for e in at.error]
+
+
+# A job in the middle of its set-up: the folder claimed, progress.json at the masks, no config yet.
+_SETTING_UP_JOB = """
+import json, pathlib, sys, time
+run = pathlib.Path(sys.argv[1])
+run.mkdir(parents=True)
+(run / "progress.json").write_text(json.dumps(
+    {"phase": "computing masks", "done": 3, "total": 8, "layer": "model.layers.0.mlp.up_proj"}))
+time.sleep(60)
+"""
+
+
+def test_the_live_panel_shows_the_set_up_phase_with_a_bar(runs):
+    run = runs / "lift-setting-up"
+    job = JobManager(runs, launcher=[sys.executable, "-c", _SETTING_UP_JOB]).start(
+        [str(run)], run_dirs=[run], label="lift, 200 steps", extra={"kind": "finetune", "steps": 200})
+    assert _wait(lambda: (run / "progress.json").exists(), timeout=30) and job.is_alive()
+    at = _page(runs)
+    assert any(s.value == "Running: lift, 200 steps" for s in at.subheader)
+    assert any(i.value.startswith("Setting up") for i in at.info)
+    bars = [p.proto for p in at.get("progress")]
+    assert any(b.text == "Computing masks: 3/8 matrices · model.layers.0.mlp.up_proj" and b.value == 37
+               for b in bars), [(b.text, b.value) for b in bars]

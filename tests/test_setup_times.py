@@ -55,3 +55,40 @@ def test_method_table_averages_the_set_up(tmp_path):
     table = method_table(runs_table([tmp_path / "lift0", tmp_path / "lift1"]))
     assert table.loc[0, "setup_seconds_mean"] == pytest.approx(3.0)
     assert table.loc[0, "mask_seconds_mean"] == pytest.approx(1.5)
+
+
+def test_progress_shows_the_set_up_phases_before_step_0(char_llama, tmp_path):
+    """progress.json (and each callback's on_progress) goes "loading model", then "computing
+    masks" matrix by matrix, then the evaluation before training (issue 14)."""
+    run, seen = tmp_path / "run", []
+
+    class Watcher:
+        def on_progress(self, progress):
+            on_disk = json.loads((run / "progress.json").read_text())
+            seen.append((progress, on_disk, (run / "config.json").exists()))
+
+    config = FinetuneConfig(model=char_llama, steps=1, eval_every=1, eval_limit=4,
+                            max_new_tokens=2, batch_size=4, train_examples=8, lora_rank=2,
+                            filter_rank=2, out_dir=str(run))
+    finetune(config, callbacks=Watcher(), progress=False)
+    assert all(progress == on_disk for progress, on_disk, _ in seen)
+    phases = [p["phase"] for p, _, _ in seen]
+    masks = [p for p, _, _ in seen if p["phase"] == "computing masks"]
+    layers = read_run(run).config["budget"]["layers"]
+    assert phases[0] == "loading model" and phases[1: 2 + len(layers)] == ["computing masks"] * (len(layers) + 1)
+    assert [(p["done"], p["total"]) for p in masks] == [(i, len(layers)) for i in range(len(layers) + 1)]
+    assert [p["layer"] for p in masks[1:]] == [row["layer"] for row in layers]
+    assert phases[2 + len(layers)] == "evaluating before training"
+    # The set-up phases come before config.json: the folder is claimed before the model loads.
+    assert not any(started for p, _, started in seen if p["phase"] in ("loading model", "computing masks"))
+
+
+def test_a_dense_method_shows_loading_then_evaluating(char_llama, tmp_path):
+    seen = []
+    config = FinetuneConfig(model=char_llama, method="full", steps=1, eval_every=1, eval_limit=2,
+                            max_new_tokens=2, batch_size=2, train_examples=4, lora_rank=2,
+                            out_dir=str(tmp_path / "run"))
+    finetune(config, callbacks=type("W", (), {"on_progress": lambda self, p: seen.append(p["phase"])})(),
+             progress=False)
+    assert seen[0] == "loading model" and seen[1] == "evaluating before training"
+    assert "computing masks" not in seen

@@ -17,8 +17,8 @@ from pathlib import Path
 from lift_core.errors import RecordWriteError
 from lift_core.jsonio import to_json, write_all, write_json
 from lift_core.runs.folder import (
-    CONFIG_FILE, METRICS_FILE, RECORD_FORMAT, SUMMARY_FILE, RunClaim, check_out_dir, check_resumable,
-    prepare_claimed,
+    CONFIG_FILE, METRICS_FILE, PROGRESS_FILE, RECORD_FORMAT, SUMMARY_FILE, RunClaim, check_out_dir,
+    check_resumable, prepare_claimed,
 )
 
 
@@ -110,8 +110,10 @@ class RunRecorder:
     """Where a run's rows go: the run directory (if any) and the caller's callbacks.
 
     A callback is a callable that receives each metrics row, or an object with
-    ``on_metrics(row)`` and/or ``on_end(summary)``; pass one or a list. The out dir is
-    checked here, before anything slow happens, and created only by :meth:`start`.
+    ``on_metrics(row)``, ``on_progress(progress)`` and/or ``on_end(summary)``; pass one or a
+    list. The out dir is checked here, before anything slow happens, and claimed (created)
+    by :meth:`claim` before the set-up, so progress.json can show the set-up's phases;
+    :meth:`start` writes config.json once the set-up is done.
     """
 
     def __init__(self, out_dir=None, *, overwrite: bool = False, callbacks=None,
@@ -121,20 +123,50 @@ class RunRecorder:
             check_resumable(out_dir) if resume else check_out_dir(out_dir, overwrite=overwrite)
         if callbacks is None:
             callbacks = []
-        elif callable(callbacks) or hasattr(callbacks, "on_metrics") or hasattr(callbacks, "on_end"):
+        elif callable(callbacks) or any(hasattr(callbacks, f"on_{what}") for what in ("metrics", "progress", "end")):
             callbacks = [callbacks]
         self.callbacks = list(callbacks)
+        self._created = self._started = False  # the folder is ours to remove / config.json written
+
+    def claim(self) -> None:
+        """Claim (create) the run directory, if any and not yet claimed."""
+        if self.out_dir and self.writer is None:
+            self._created = not Path(self.out_dir).expanduser().exists()
+            self.writer = RunWriter(self.out_dir, overwrite=self.overwrite, resume=self.resume)
 
     def start(self, config: dict) -> None:
-        """Claim the run directory and write config.json."""
-        if self.out_dir:
-            self.writer = RunWriter(self.out_dir, overwrite=self.overwrite, resume=self.resume)
+        """Claim the run directory (if :meth:`claim` has not) and write config.json."""
+        self.claim()
+        if self.writer is not None:
             try:
                 self.writer.write_config(config)
             except BaseException:
                 self.writer.abandon()
                 self.writer = None
                 raise
+        self._started = True
+
+    def abandon(self) -> None:
+        """The set-up failed before config.json: give the claim up and leave no trace (the
+        folder too, if the claim created it). Does nothing once :meth:`start` has written."""
+        if self.writer is None or self._started:
+            return
+        self.writer.abandon()
+        self.writer = None
+        folder = Path(self.out_dir).expanduser()
+        (folder / PROGRESS_FILE).unlink(missing_ok=True)
+        if self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # something else appeared there meanwhile: leave it
+                pass
+
+    def notify_progress(self, progress: dict) -> None:
+        """Hand a copy of a progress.json state (a set-up phase, an evaluation's batches) to
+        each callback's ``on_progress``."""
+        for cb in self.callbacks:
+            if hasattr(cb, "on_progress"):
+                cb.on_progress(dict(progress))
 
     def row(self, row: dict) -> None:
         """Append a metrics row to metrics.jsonl and hand a copy to each callback.

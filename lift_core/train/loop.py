@@ -122,12 +122,16 @@ class _Run:
     def execute(self) -> dict:
         cfg = self.config
         self.start = time.perf_counter()
+        self.recorder.claim()  # before the set-up, so progress.json can show its phases
+        self.trainer.mask_progress = _mask_progress(self)
         try:
+            _write_progress(self, {"phase": "loading model", "step": None})
             self.trainer.setup()
             self.setup_seconds = time.perf_counter() - self.start
             self.recorder.start(run_config_record(self.trainer))
             _continue_or_begin(self)
         except BaseException as exc:
+            self.recorder.abandon()  # a failed set-up leaves no trace (a started record stays)
             if is_out_of_memory(exc):  # nothing recorded yet: a one-line user error
                 raise LiftError(f"out of memory while setting up {cfg.model} for {cfg.method}: "
                                 "try a smaller model, --lora-rank or --device cpu") from exc
@@ -295,6 +299,27 @@ def _evaluation_progress(run: _Run, step: int, before: bool, limit: int | None =
     return between_batches
 
 
+def _mask_progress(run: _Run):
+    """mask_progress of the trainer's set-up: the "computing masks" phase in progress.json
+    (done/total matrices and the layer), and a tqdm bar of them when the run shows progress."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def report(done: int, total: int, layer: str) -> None:
+        nonlocal bar
+        _write_progress(run, {"phase": "computing masks", "step": None, "done": done,
+                              "total": total, "layer": layer, "elapsed": run._elapsed()})
+        if run.progress:
+            bar = bar or tqdm(total=total, desc="masks", unit="layer", dynamic_ncols=True)
+            bar.update(done - bar.n)
+            bar.set_postfix_str(layer, refresh=False)
+            if done == total:
+                bar.close()
+
+    return report
+
+
 def _append_generations(run: _Run, step: int, kept: list[dict]) -> None:
     """One generations.jsonl line per evaluation (apart from metrics.jsonl, whose rows stay
     small); optional like progress.json: a failed write skips it."""
@@ -308,12 +333,14 @@ def _append_generations(run: _Run, step: int, kept: list[dict]) -> None:
 
 
 def _write_progress(run: _Run, progress: dict) -> None:
-    """Replace the run folder's progress.json (optional: a full disk skips it)."""
+    """Replace the run folder's progress.json (optional: a full disk skips it) and hand it to
+    the callbacks (their on_progress)."""
     if run.config.out_dir and run.recorder.writer is not None:
         try:
             write_json(Path(run.config.out_dir) / PROGRESS_FILE, progress, indent=None)
         except RecordWriteError:
             pass
+    run.recorder.notify_progress(progress)
 
 
 def _run_summary(run: _Run) -> dict:

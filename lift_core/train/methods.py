@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -149,6 +150,7 @@ def setup_method(
     update_interval: int,
     svd: str = "exact",
     seed: int = 0,
+    mask_progress: Callable[[int, int, str], None] | None = None,
 ) -> MethodSetup:
     """Freeze ``model`` and make the chosen method's trainable set and optimizer.
 
@@ -164,6 +166,8 @@ def setup_method(
         update_interval: optimizer steps between mask refreshes.
         svd: "exact" or "randomized" for the LIFT masks and PiSSA's initial SVD.
         seed: seeds the random mask (and the randomized SVD's sketch).
+        mask_progress: called ``(done, total, layer)`` as a sparse method's first masks are
+            computed (0 before the first; the layer is the matrix just done or next).
 
     Returns:
         MethodSetup with the (possibly peft-wrapped) model and its SparseAdamW.
@@ -195,9 +199,26 @@ def setup_method(
         trainable = sum(row["k"] for row in rows)
     # Sparse methods gather their masked gradients during backward and free the dense
     # ones: part of LIFT's memory saving. Dense methods need the full gradients anyway.
-    optimizer = SparseAdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0,
+    # Followed (a live view): the matrices join the optimizer one at a time, each computing
+    # its first mask (an SVD for LIFT) as it joins, and each reported once done.
+    follow = spec.kind == "sparse" and mask_progress is not None
+    if follow:
+        mask_progress(0, len(groups), groups[0]["param_names"][0])
+    optimizer = SparseAdamW(groups[:1] if follow else groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS,
+                            weight_decay=0.0,
                             free_dense_grads=spec.kind == "sparse")
+    if follow:
+        _add_groups_reporting(optimizer, groups, mask_progress)
     return MethodSetup(model, optimizer, trainable, rows)
+
+
+def _add_groups_reporting(optimizer, groups: list[dict], report: Callable[[int, int, str], None]) -> None:
+    """Report ``groups[0]`` (already in ``optimizer``) done, then add the others one by one.
+    Same order as all at once, so the masks (seeded by position) are the same."""
+    report(1, len(groups), groups[0]["param_names"][0])
+    for done, group in enumerate(groups[1:], start=2):
+        optimizer.add_param_group(group)
+        report(done, len(groups), group["param_names"][0])
 
 
 # PiSSA's fast variant: peft's randomized SVD with this many subspace iterations.

@@ -56,6 +56,7 @@ class Trainer:
         self.generations: list[dict] = []  # ... here (task, prompt, answer, gold, correct)
         # (name, fn) -> fn() runs each step's phases; the benchmarks swap in a timing one.
         self.phase_runner: Callable[[str, Callable], object] = run_phase
+        self.mask_progress: Callable[[int, int, str], None] | None = None  # set-up masks, see setup_method
 
     def setup(self, model=None) -> Trainer:
         """Build everything a step needs (data first: a bad file fails before a model loads).
@@ -97,6 +98,7 @@ class Trainer:
         self.method_setup = setup_method(
             model, cfg.method, lr=cfg.lr_used, lora_rank=cfg.lora_rank,
             filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
+            mask_progress=self.mask_progress,
             seed=cfg.seed)
         self.setup_seconds["mask_seconds"] = time.perf_counter() - began
         # prepare_model adds bf16 autocast to forward on CUDA (generate goes through it too).
