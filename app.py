@@ -18,6 +18,7 @@ PAGES = {
         st.Page("pages/spectrum.py", title="Spectrum", icon=":material/show_chart:"),
         st.Page("pages/principal_weights.py", title="Principal weights", icon=":material/grid_on:"),
         st.Page("pages/overlap.py", title="Overlap", icon=":material/join_inner:"),
+        st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/blur_on:"),
     ],
     "Train": [
         st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),

@@ -197,3 +197,28 @@ def _generations(pair, n: int, signature: tuple):
 def generations(pair, n: int):
     """The base's and the tuned model's answers to n target and n source prompts (cached)."""
     return _generations(pair, n, _files_signature([pair.tuned]))
+
+
+# --- noise sensitivity (slow: computed on a button press with a progress bar) -----------
+
+
+def cached_sensitivity(name: str, config):
+    """The sensitivity result for this model and SensitivityConfig if already computed, else None."""
+    return _analysis_store().get(("sensitivity", name, config))
+
+
+def sensitivity(name: str, config, progress: Callable[[int, int, str], None] | None = None):
+    """noise_sensitivity on a private copy of the model, memoized per model and config: the
+    test writes noise into the weights, and the shared model serves every other page."""
+    import copy
+
+    from lift_core.analysis.sensitivity import noise_sensitivity
+    from lift_core.models.loading import load_tokenizer
+
+    key = ("sensitivity", name, config)
+    store = _analysis_store()
+    with _ANALYSIS_LOCK:
+        if key not in store:
+            model = copy.deepcopy(load_cached_model(name))
+            store[key] = noise_sensitivity(model, load_tokenizer(name), config, progress=progress)
+    return store[key]

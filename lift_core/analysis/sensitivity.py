@@ -138,25 +138,30 @@ def _layers(model: nn.Module, config: SensitivityConfig) -> list[LinearLayer]:
     return layers
 
 
-def _select(layer: LinearLayer, view: torch.Tensor, config: SensitivityConfig) -> _Target:
-    # One scorer: in exact mode its single SVD gives both LIFT masks.
-    scorer = PrincipalScorer(view, svd=config.svd, generator=torch.Generator().manual_seed(config.seed))
-    k = lora_budget(layer.shape, config.budget_rank)
+def selected_entries(scorer: PrincipalScorer, k: int, config: SensitivityConfig) -> dict[str, torch.Tensor]:
+    """Flat indices (row * n + col) of the k entries each selector of ``config`` picks in the
+    scorer's matrix; the random selector gives one set per draw, keyed ``random#<draw>``
+    (seeded by seed + draw), so the spread over draws includes the choice of entries."""
     masks = {}
     for name in config.selectors:
         if name == "lift":
             masks[name] = scorer.mask(config.filter_rank, k)
-        elif name == "lift_smallest":
+        elif name == "lift_smallest":  # the same scorer: in exact mode one SVD for both
             masks[name] = scorer.mask(config.filter_rank, k, largest=False)
         elif name == "magnitude":
             masks[name] = magnitude_mask(scorer.matrix, k=k)
-        else:  # random: a fresh set per draw, so the spread over draws includes the choice
+        else:
             for d in range(config.draws):
                 gen = torch.Generator().manual_seed(config.seed + d)
                 masks[f"random#{d}"] = random_mask(scorer.matrix, k=k, generator=gen)
-    # Flat indices, not masks: k numbers per selection instead of m*n booleans.
-    index_type = torch.int32 if layer.numel < 2**31 else torch.int64
-    picks = {name: m.reshape(-1).nonzero().squeeze(1).to(index_type) for name, m in masks.items()}
+    # Indices, not masks: k numbers per selection instead of m*n booleans.
+    index_type = torch.int32 if scorer.matrix.numel() < 2**31 else torch.int64
+    return {name: m.reshape(-1).nonzero().squeeze(1).to(index_type) for name, m in masks.items()}
+
+
+def _select(layer: LinearLayer, view: torch.Tensor, config: SensitivityConfig) -> _Target:
+    scorer = PrincipalScorer(view, svd=config.svd, generator=torch.Generator().manual_seed(config.seed))
+    picks = selected_entries(scorer, lora_budget(layer.shape, config.budget_rank), config)
     basis = scorer.factors()[2][:_BASIS].T.contiguous()
     # The clean norm by the same iteration as the perturbed ones: noise 0 changes nothing.
     return _Target(layer, view, float(scorer.matrix.std()), basis, _spectral_norm(view, basis), picks)
