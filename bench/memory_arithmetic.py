@@ -108,7 +108,7 @@ def _refresh_bytes(model: Llama, sharded: bool) -> int:
     """A LIFT mask refresh of the largest matrix: fp32 copy, thin SVD factors, |W_r|
     (solver workspace not counted); under sharding also the gathered bf16 matrix."""
     m, n = model.largest_matrix()
-    svd = FP32 * (m * n + min(m, n) ** 2 + m * n)  # U (or Vh) m*n-sized, the square one, S small
+    svd = FP32 * (m * n + min(m, n) ** 2)  # thin SVD: one m*n factor, one square, S is small
     return FP32 * m * n + svd + FP32 * m * n + (BF16 * m * n if sharded else 0)
 
 
@@ -165,7 +165,8 @@ def markdown(model: Llama) -> str:
         f"**{model.name}**: {model.total_params():,} parameters, {model.linear_params():,} in "
         f"block linears; per rank of {GPUS} GPUs, GiB",
         "",
-        "| method | regime | trained numbers | weights | gradients | optimizer state | "
+        "| method | regime | trained numbers (share of all) | weights | gradients | "
+        "optimizer state | "
         "mask indices | transient peak | total | fits 80 GiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -2,8 +2,9 @@
 
 The sharded run is started with torchrun (tests/dist_scripts/fsdp_lift_run.py) and
 compared with lift_core's SparseAdamW on one process over the same model, settings and
-global batches: losses, clipping norms, final weights and final masks, and each rank's optimizer state is
-about half of the single-process state.
+global batches: losses, clipping norms, final weights and final masks, and each rank's
+optimizer state is about half of the single-process state. Also: the parameter counts
+behind docs/distributed.md's memory tables (bench/memory_arithmetic.py) are the real ones.
 """
 
 import json

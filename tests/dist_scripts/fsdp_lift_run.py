@@ -90,7 +90,8 @@ def _main(model_dir: str, out_dir: str) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(
         {"state_bytes": optimizer.state_bytes(), "entries": entries, "events": events}))
     if rank == 0:
-        torch.save({"losses": losses, "norms": norms, "weights": weights, "masks": masks}, out / "result.pt")
+        torch.save({"losses": losses, "norms": norms, "weights": weights, "masks": masks},
+                   out / "result.pt")
     dist.destroy_process_group()
 
 
