@@ -39,6 +39,13 @@ def _budget_text(budget) -> str:
     return "" if budget is None or pd.isna(budget) else f", budget {budget:g}"
 
 
+def _spread(points: pd.DataFrame, averaged: bool) -> dict:
+    """Error bars of seed means on both axes (none for single runs)."""
+    if not averaged:
+        return {}
+    return {"error_x": _errors(points["target_acc_std"]), "error_y": _errors(points["source_acc_std"])}
+
+
 def frontier_figure(table: pd.DataFrame) -> go.Figure:
     """Every run (or seed mean) as a point: x target accuracy, y source accuracy, both after
     training; per method its Pareto front as a line through filled markers, the other points
@@ -59,8 +66,7 @@ def frontier_figure(table: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=100 * front[tx], y=100 * front[sx], mode="lines+markers", name=name, legendgroup=method,
             line=dict(color=color, width=2), marker=dict(size=10, color=color),
-            error_x=_errors(front[tx.replace("mean", "std")]) if averaged else None,
-            error_y=_errors(front[sx.replace("mean", "std")]) if averaged else None,
+            **_spread(front, averaged),
             text=[hover[group.index.get_loc(i)] for i in front.index],
             hovertemplate="%{text}<br>target %{x:.1f}%, source %{y:.1f}% (on the front)<extra></extra>"))
         rest = group[~group["on_front"].astype(bool)]
@@ -68,6 +74,7 @@ def frontier_figure(table: pd.DataFrame) -> go.Figure:
             x=100 * rest[tx], y=100 * rest[sx], mode="markers", name=f"{name} (dominated)",
             legendgroup=method, showlegend=False,
             marker=dict(size=9, color=color, symbol="circle-open", line=dict(width=2)),
+            **_spread(rest, averaged),
             text=[hover[group.index.get_loc(i)] for i in rest.index],
             hovertemplate="%{text}<br>target %{x:.1f}%, source %{y:.1f}%<extra></extra>"))
     fig.update_xaxes(title="target accuracy after training (%) → learned more", range=_ACC_RANGE)
@@ -124,6 +131,14 @@ def _curves(fig: go.Figure, table: pd.DataFrame, x: str, panels, group_by=("meth
                 hovertemplate=f"{name}: %{{x:g}} → %{{y:.1f}} (%{{text}})<extra></extra>"), row=row, col=col)
 
 
+def _two_panel_layout(fig: go.Figure, title: str) -> go.Figure:
+    # The legend right of the panels: above them it would cover the subplot titles.
+    fig = _layout(fig, title, height=400)
+    fig.update_layout(margin=dict(t=80), legend=dict(orientation="v", yanchor="top", y=1.0,
+                                                     xanchor="left", x=1.02))
+    return fig
+
+
 def _log_x(fig: go.Figure, values, unit: str = "") -> None:
     values = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
     values = values[values > 0]
@@ -147,9 +162,7 @@ def budget_figure(table: pd.DataFrame) -> go.Figure:
                      range=[-10, 100], row=1, col=2)
     if table.empty:
         _empty(fig, "no completed run yet")
-    fig = _layout(fig, "Budget curve", height=400)
-    fig.update_layout(margin=dict(t=80))
-    return fig
+    return _two_panel_layout(fig, "Budget curve")
 
 
 def lr_figure(table: pd.DataFrame) -> go.Figure:
@@ -164,6 +177,4 @@ def lr_figure(table: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title="accuracy after training (%)", range=_ACC_RANGE)
     if table.empty:
         _empty(fig, "no completed run yet")
-    fig = _layout(fig, "Learning-rate curve", height=400)
-    fig.update_layout(margin=dict(t=80))
-    return fig
+    return _two_panel_layout(fig, "Learning-rate curve")
