@@ -22,7 +22,7 @@ pytestmark = pytest.mark.browser
 
 # (url path, screenshot name, plotly charts expected once the page has rendered)
 # A sub-page comes first on purpose: a fresh server's first visit must still go through
-# app.py's navigation (see lift_ui.sidebar.require_app_navigation).
+# app.py's navigation (see lift_ui.navigation.require_app_navigation).
 PAGES = [
     ("spectrum", "spectrum", 2),
     ("", "home", 0),
