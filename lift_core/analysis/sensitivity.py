@@ -256,7 +256,8 @@ def noise_sensitivity(model: nn.Module, tokenizer, config: SensitivityConfig | N
     metrics = (*measure.metrics, "spectral_norm_change")
     k_total = sum(t.picks[next(iter(t.picks))].numel() for t in targets)
     numel = sum(t.layer.numel for t in targets)
-    notes = [f"{len(targets)} matrices, {k_total:,} of their {numel:,} entries "
+    matrices = "1 matrix" if len(targets) == 1 else f"{len(targets)} matrices"
+    notes = [f"{matrices}, {k_total:,} of their {numel:,} entries "
              f"({100 * k_total / numel:.2f}%) perturbed per evaluation"]
     return SensitivityResult(pd.DataFrame(rows), {**baseline, "spectral_norm_change": 0.0},
                              metrics, [t.layer.name for t in targets], notes)
@@ -275,10 +276,10 @@ def summarize(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
 
 
 def format_summary(summary: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
-    """The summary as text cells ``mean ± std`` (4 significant digits), one column per metric."""
+    """The summary as text cells ``mean ± std`` (5 significant digits), one column per metric."""
     out = summary[["selector", "scale"]].copy()
     for metric in metrics:
-        out[metric] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+        out[metric] = [f"{m:.5g} ± {s:.2g}" for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
     return out
 
 

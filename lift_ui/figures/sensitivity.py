@@ -47,4 +47,8 @@ def sensitivity_figure(summary: pd.DataFrame, metric: str, label: str, *,
     fig.update_xaxes(type="log", title="noise scale s (noise std = s × std(W), log)", tickmode="array",
                      tickvals=scales, ticktext=[f"{s:g}σ" for s in scales])
     fig.update_yaxes(title=label)
-    return _layout(fig, f"{label} vs noise scale")
+    _layout(fig, label, height=420)
+    # Legend under the axis: the metric labels are long enough to run into a legend on top.
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
+                      margin=dict(b=90))
+    return fig
