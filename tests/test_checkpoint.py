@@ -172,10 +172,10 @@ def test_a_run_stopped_in_its_last_evaluation_resumes_to_that_evaluation(tmp_pat
 
     stop, evaluate = threading.Event(), Trainer.evaluate
 
-    def stop_in_the_last_evaluation(self, *, between_batches=None):
+    def stop_in_the_last_evaluation(self, *, between_batches=None, **kwargs):
         if self.steps_done == self.config.steps and not stop.is_set():
             stop.set()  # between_batches raises before the first generation batch
-        return evaluate(self, between_batches=between_batches)
+        return evaluate(self, between_batches=between_batches, **kwargs)
 
     monkeypatch.setattr(Trainer, "evaluate", stop_in_the_last_evaluation)
     config = FinetuneConfig(out_dir=str(tmp_path), save=False, **{**SMALL, "steps": 3})

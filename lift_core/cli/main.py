@@ -161,7 +161,12 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
-    _show_warnings()
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # what --processes relaunches
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if rank:  # a data-parallel run's other processes: the main one prints for the run
+        _silence_stdout()
+    else:
+        _show_warnings()
     try:
         if hasattr(args, "handler"):
             code = args.handler(args)
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()  # `layers | head`: the reader has what it wanted
         return 0
     except LiftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not rank:  # every process meets the same bad setting: one line, not N
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

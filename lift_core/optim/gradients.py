@@ -26,6 +26,10 @@ class GradientGatherer:
         free_dense_grads: gather in a backward hook and free the dense ``p.grad``.
     """
 
+    # Record each freed dense gradient's norm for clipping (a multi-process subclass whose
+    # local dense gradient is not the run's turns it off: clipping then sees masked entries).
+    record_dense_norms = True
+
     def __init__(self, free_dense_grads: bool = False):
         self.free_dense_grads = bool(free_dense_grads)
         self.buffers: dict[torch.Tensor, torch.Tensor] = {}
@@ -58,9 +62,10 @@ class GradientGatherer:
     def absorb(self, p: torch.Tensor) -> None:
         """Add the masked entries of ``p``'s fresh dense gradient to its buffer, then free it."""
         gathered = p.grad.reshape(-1).index_select(0, self._indices[p].long())
-        sq_norm = p.grad.float().pow(2).sum()
-        previous = self.freed_sq_norms.get(p)
-        self.freed_sq_norms[p] = sq_norm if previous is None else previous + sq_norm
+        if self.record_dense_norms:
+            sq_norm = p.grad.float().pow(2).sum()
+            previous = self.freed_sq_norms.get(p)
+            self.freed_sq_norms[p] = sq_norm if previous is None else previous + sq_norm
         buffer = self.buffers.get(p)
         if buffer is None:
             self.buffers[p] = gathered.float()
@@ -74,6 +79,10 @@ class GradientGatherer:
         if buffer is None and p.grad is not None:
             return p.grad.reshape(-1).index_select(0, indices)
         return buffer
+
+    def exchange(self) -> None:
+        """Make the buffers the run's gradients (multi-process subclasses sum them across
+        processes here, before clipping); one process: nothing to do."""
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop (or zero) the buffers and forget the recorded dense norms."""

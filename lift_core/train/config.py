@@ -17,6 +17,7 @@ import torch
 
 from lift_core.checks import SVD_MODES, check_svd_mode
 from lift_core.allowed_paths import DATA_ROOTS_ENV, confine
+from lift_core.distributed.exchange import GRAD_EXCHANGES
 from lift_core.errors import LiftError
 from lift_core.models.loading import WEIGHT_DTYPES, check_weight_dtype
 from lift_core.models.preflight import check_output_dir
@@ -90,7 +91,14 @@ class FinetuneConfig:
     overwrite: bool = False
     """Replace the run record in a non-empty run folder (never a live run's, never other files)."""
     threads: int | None = None
-    """torch CPU threads; unset: torch's choice."""
+    """torch CPU threads (per process); unset: torch's choice."""
+    processes: int = 1
+    """Data-parallel processes (one per GPU, or CPU processes): the global batch is split
+    between them and the run is the same run, only faster (docs/distributed.md)."""
+    grad_exchange: str = "dense"
+    """With several processes, what the sparse methods exchange: dense (every gradient
+    entry; exactly the one-process run) or sparse (only the trained entries; clipping then
+    uses their norm, the same run whenever clipping does not bind)."""
     trust_remote_code: bool = False
     """Allow a hub model's own Python code to run (off by default)."""
     save: bool = True
@@ -106,7 +114,7 @@ class FinetuneConfig:
     def choices() -> dict[str, tuple[str, ...]]:
         """The allowed values of the settings that name something (CLI and app lists)."""
         return {"method": method_names(), "svd": tuple(SVD_MODES), "device": DEVICES,
-                "dtype": WEIGHT_DTYPES}
+                "dtype": WEIGHT_DTYPES, "grad_exchange": GRAD_EXCHANGES}
 
     def __post_init__(self):
         check_method(self.method)
@@ -115,7 +123,7 @@ class FinetuneConfig:
             raise LiftError(f"learning rate must be > 0 and finite, got {self.lr!r}")
         for name in ("lora_rank", "filter_rank", "update_interval", "batch_size",
                      "eval_every", "eval_batch_size", "train_examples",
-                     "max_length"):
+                     "max_length", "processes"):
             _check_int(name, getattr(self, name), 1)
         for name in ("eval_limit", "eval_subset", "threads", "max_new_tokens", "checkpoint_every"):
             if getattr(self, name) is not None:
@@ -127,6 +135,12 @@ class FinetuneConfig:
         if self.max_grad_norm < 0:
             raise LiftError(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
         _check_device(self.device)
+        if self.grad_exchange not in GRAD_EXCHANGES:
+            raise LiftError(f"grad_exchange must be one of {', '.join(GRAD_EXCHANGES)}, "
+                            f"got {self.grad_exchange!r}")
+        if self.processes > self.batch_size:
+            raise LiftError(f"{self.processes} processes need batch_size >= {self.processes} "
+                            f"(each takes a slice of the {self.batch_size}-example batch)")
         check_weight_dtype(self.dtype)
         if self.out_dir is not None:  # a folder we cannot make fails now, not after loading
             check_output_dir(self.out_dir)

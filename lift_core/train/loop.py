@@ -20,6 +20,8 @@ from pathlib import Path
 from lift_core.errors import LiftError, RecordWriteError
 from lift_core.jsonio import to_json, write_json
 from lift_core.runs.folder import GENERATIONS_FILE, PROGRESS_FILE
+from lift_core.distributed.data_parallel import lost_process_message
+from lift_core.distributed.launch import process_rank
 from lift_core.runs.records import RunRecorder, library_versions
 from lift_core.train.config import FinetuneConfig, config_record
 from lift_core.train.trainer import EVAL_SETS, NonFiniteLoss, Trainer, is_out_of_memory
@@ -65,6 +67,7 @@ def run_config_record(trainer: Trainer) -> dict:
     return {
         **config_record(trainer.config),
         "device_used": str(trainer.device),
+        "processes_used": trainer.parallel.world_size,
         "mixed_precision": trainer.accelerator.mixed_precision,
         "dtype_used": str(next(trainer.unwrapped_model.parameters()).dtype).replace("torch.", ""),
         "versions": library_versions(),
@@ -108,10 +111,14 @@ class _Run:
                  resume: bool = False):
         if resume and not config.out_dir:
             raise LiftError("resume needs the run folder (out_dir) of the run to continue")
-        self.config, self.stop_event, self.progress = config, stop_event, progress
+        self.config, self.stop_event = config, stop_event
+        self.progress = progress and process_rank() == 0
         self.resume, self.rows, self.checkpoint_step = resume, 0, 0
-        self.recorder = RunRecorder(config.out_dir, overwrite=config.overwrite,
-                                    callbacks=callbacks, resume=resume)
+        # Several processes: the main one alone writes the record, prints and evaluates.
+        self.is_main = process_rank() == 0
+        self.recorder = RunRecorder(config.out_dir if self.is_main else None,
+                                    overwrite=config.overwrite, callbacks=callbacks,
+                                    resume=resume)
         self.trainer = Trainer(config)
         self.status, self.error = "running", None
         self.train_seconds, self.last_loss = 0.0, None
@@ -132,6 +139,10 @@ class _Run:
             _continue_or_begin(self)
         except BaseException as exc:
             self.recorder.abandon()  # a failed set-up leaves no trace (a started record stays)
+            parallel = self.trainer.parallel
+            if parallel is not None and parallel.active and lost_process_message(exc, 0):
+                raise LiftError("another process of this run ended during the set-up; "
+                                "see its messages above") from None
             if is_out_of_memory(exc):  # nothing recorded yet: a one-line user error
                 raise LiftError(f"out of memory while setting up {cfg.model} for {cfg.method}: "
                                 "try a smaller model, --lora-rank or --device cpu") from exc
@@ -149,6 +160,11 @@ class _Run:
             self._finish("stopped", "interrupted by the user (Ctrl-C)")
             raise
         except BaseException as exc:
+            lost = self.trainer.parallel.active and lost_process_message(
+                exc, self.trainer.steps_done + 1)
+            if lost:  # another rank died: a clear failure, not this rank's traceback
+                self.status, self.error = "failed", lost
+                return self._finish(self.status, self.error)
             if not is_out_of_memory(exc):  # a bug or a LiftError: record it, keep the traceback
                 text = str(exc) if isinstance(exc, LiftError) else f"{type(exc).__name__}: {exc}"
                 self._finish("failed", (text.strip().splitlines() or [text])[0])
@@ -168,7 +184,7 @@ class _Run:
         try:
             bar.update(self.trainer.steps_done)
             for step in range(self.trainer.steps_done + 1, cfg.steps + 1):
-                self._check_stop()
+                self._agree_to_stop()
                 began = time.perf_counter()
                 row = self.trainer.step()
                 self.train_seconds += time.perf_counter() - began
@@ -197,13 +213,29 @@ class _Run:
         if self.stop_event is not None and self.stop_event.is_set():
             raise _StopRequested()
 
+    def _agree_to_stop(self, stopped: bool = False) -> None:
+        """Every process stops at the same point, whichever was asked (SIGTERM reaches each
+        rank at its own moment); one process: the plain stop check."""
+        stopped = stopped or (self.stop_event is not None and self.stop_event.is_set())
+        if self.trainer.parallel.any_rank(stopped):
+            raise _StopRequested()
+
     def _evaluate(self, step: int, *, before: bool = False) -> dict:
         began = time.perf_counter()
         self.trainer.generations_kept = GENERATIONS_KEPT
         # eval_subset: intermediate evaluations only; before training and the last step see all.
         limit = self.config.eval_subset if 0 < step < self.config.steps else None
-        scores = self.trainer.evaluate(
-            between_batches=_evaluation_progress(self, step, before, limit), limit=limit)
+        scores, stopped = {}, False
+        if self.is_main:  # several processes: the others wait for it at _agree_to_stop
+            try:
+                scores = self.trainer.evaluate(
+                    between_batches=_evaluation_progress(self, step, before, limit), limit=limit)
+            except _StopRequested:
+                if not self.trainer.parallel.active:
+                    raise
+                stopped = True
+        if self.trainer.parallel.active:
+            self._agree_to_stop(stopped)
         if limit is not None and limit < max(len(self.trainer.data[n]) for n in EVAL_SETS):
             scores["eval_examples"] = limit  # readers tell subset evaluations apart by it
         _write_progress(self, {"phase": "training", "step": step})
@@ -222,7 +254,7 @@ class _Run:
     def _checkpoint(self) -> None:
         from lift_core.train.checkpoint import save_checkpoint
 
-        if self.config.out_dir and self.trainer.steps_done > self.checkpoint_step:
+        if self.config.out_dir and self.is_main and self.trainer.steps_done > self.checkpoint_step:
             save_checkpoint(self.trainer, self.config.out_dir, metrics_rows=self.rows,
                             extra={"train_seconds": self.train_seconds,
                                    "elapsed": self._elapsed()})
@@ -244,14 +276,14 @@ def _continue_or_begin(run: _Run) -> None:
 
     out = run.config.out_dir
     if not run.resume:
-        if out and run.config.save:
+        if out and run.config.save and run.is_main:
             export.keep_pissa_initial(run.trainer, out)
         return
     state = checkpoint.load_checkpoint(run.trainer, out)
     run.rows, run.checkpoint_step = state["metrics_rows"], state["steps_done"]
     run.train_seconds = state["extra"].get("train_seconds", 0.0)
     run.start -= state["extra"].get("elapsed", 0.0)  # elapsed keeps counting up
-    for row in truncate_metrics(out, run.rows):
+    for row in truncate_metrics(out, run.rows, cut=run.is_main):
         if row.get("step") == 0 and "target_acc" in row:
             run.before = {k: row[k] for k in ("target_acc", "source_acc")}
         if "target_acc" in row:
@@ -266,7 +298,7 @@ def _keep_results(run: _Run) -> dict:
     from lift_core.train import checkpoint, export
 
     out, cfg = run.config.out_dir, run.config
-    if not out:
+    if not out or not run.is_main:  # several processes: the main one keeps what there is
         return {}
     if run.status == "stopped" and cfg.checkpoint_every:
         run._checkpoint()
@@ -362,6 +394,8 @@ def _run_summary(run: _Run) -> dict:
         "peak_memory_bytes": trainer.memory.result(),
         "peak_memory_measure": trainer.memory.how,
         "mask_refreshes": trainer.mask_refreshes, "device": str(trainer.device),
+        "processes": trainer.parallel.world_size,
+        "exchange_bytes_per_step": trainer.parallel.median_step_bytes(),
         "wall_seconds": round(time.perf_counter() - run.start, 3),
         "train_seconds": round(run.train_seconds, 3),
         "seconds_per_step": (run.train_seconds / steps_done) if steps_done else None,
@@ -370,8 +404,9 @@ def _run_summary(run: _Run) -> dict:
     }
 
 
-def truncate_metrics(run_dir, rows: int) -> list[dict]:
-    """Cut ``run_dir``'s metrics.jsonl back to its first ``rows`` lines; return those rows."""
+def truncate_metrics(run_dir, rows: int, *, cut: bool = True) -> list[dict]:
+    """Cut ``run_dir``'s metrics.jsonl back to its first ``rows`` lines; return those rows
+    (``cut=False``: only read them, as the processes that do not write the record do)."""
     path = Path(run_dir) / "metrics.jsonl"
     kept, size = [], 0
     with open(path, "rb") as fh:
@@ -380,5 +415,6 @@ def truncate_metrics(run_dir, rows: int) -> list[dict]:
                 break
             kept.append(json.loads(line))
             size += len(line)
-    os.truncate(path, size)
+    if cut:
+        os.truncate(path, size)
     return kept

@@ -61,6 +61,10 @@ class MethodSetup:
         entries, or for the LoRA family to rank m*n // (m+n))."""
         return clipped_layer_names(self.layers)
 
+    def trainable_tensors(self) -> list[torch.Tensor]:
+        """The tensors the optimizer trains (whole weights for the sparse methods)."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
 
 def clipped_layer_names(rows: list[dict]) -> list[str]:
     """Names of the budget rows (see :func:`budget_rows`) whose budget was clipped."""
@@ -151,6 +155,7 @@ def setup_method(
     svd: str = "exact",
     seed: int = 0,
     mask_progress: Callable[[int, int, str], None] | None = None,
+    make_gatherer=None,
 ) -> MethodSetup:
     """Freeze ``model`` and make the chosen method's trainable set and optimizer.
 
@@ -168,6 +173,8 @@ def setup_method(
         seed: seeds the random mask (and the randomized SVD's sketch).
         mask_progress: called ``(done, total, layer)`` as a sparse method's first masks are
             computed (0 before the first; the layer is the matrix just done or next).
+        make_gatherer: builds the sparse methods' GradientGatherer (a multi-process run
+            exchanges gradients through it); None: the optimizer's own.
 
     Returns:
         MethodSetup with the (possibly peft-wrapped) model and its SparseAdamW.
@@ -199,6 +206,8 @@ def setup_method(
         trainable = sum(row["k"] for row in rows)
     # Sparse methods gather their masked gradients during backward and free the dense
     # ones: part of LIFT's memory saving. Dense methods need the full gradients anyway.
+    sparse = spec.kind == "sparse"
+    gatherer = make_gatherer() if sparse and make_gatherer is not None else None
     # Followed (a live view): the matrices join the optimizer one at a time, each computing
     # its first mask (an SVD for LIFT) as it joins, and each reported once done.
     follow = spec.kind == "sparse" and mask_progress is not None
@@ -206,7 +215,8 @@ def setup_method(
         mask_progress(0, len(groups), groups[0]["param_names"][0])
     optimizer = SparseAdamW(groups[:1] if follow else groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS,
                             weight_decay=0.0,
-                            free_dense_grads=spec.kind == "sparse")
+                            free_dense_grads=sparse and gatherer is None,
+                            grad_gatherer=gatherer)
     if follow:
         _add_groups_reporting(optimizer, groups, mask_progress)
     return MethodSetup(model, optimizer, trainable, rows)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from lift_core.distributed.data_parallel import DataParallel
 from lift_core.errors import LiftError
 from lift_core.runs.records import PeakMemory
 
@@ -44,7 +45,7 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig):
         self.config = config
-        self.accelerator = self.device = self.memory = None
+        self.accelerator = self.device = self.memory = self.parallel = None
         self.model = self.optimizer = self.scheduler = None
         self.tokenizer = self.batches = self.method_setup = None
         self.data: dict[str, list] = {}  # "train", "target", "source" examples
@@ -78,6 +79,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # LoRA's initialisation and anything else drawn at set-up
         self.accelerator = make_accelerator(cfg.device)
         self.device = self.accelerator.device
+        self.parallel = DataParallel(self.accelerator, exchange=cfg.grad_exchange)
         self.memory = PeakMemory(self.device)
         if model is None:
             self.data, self.tokenizer, model, seconds = load_for_training(cfg, self.device)
@@ -99,10 +101,14 @@ class Trainer:
             model, cfg.method, lr=cfg.lr_used, lora_rank=cfg.lora_rank,
             filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
             mask_progress=self.mask_progress,
-            seed=cfg.seed)
+            seed=cfg.seed, make_gatherer=self.parallel.gatherer_factory())
         self.setup_seconds["mask_seconds"] = time.perf_counter() - began
         # prepare_model adds bf16 autocast to forward on CUDA (generate goes through it too).
-        self.model = self.accelerator.prepare_model(self.method_setup.model)
+        # Several processes: no DDP wrapper, DataParallel exchanges the gradients itself.
+        self.model = self.accelerator.prepare_model(self.method_setup.model,
+                                                    evaluation_mode=self.parallel.active)
+        self.parallel.check_weights(self.method_setup.trainable_tensors())
+        self.parallel.check_masks(self.method_setup.optimizer, step=0)
         self.model.train()
         self.optimizer = self.method_setup.optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -135,7 +141,7 @@ class Trainer:
         batch = self.batches.next() if batch is None else batch
         step, lr = self.steps_done + 1, self.scheduler.get_last_lr()[0]
         loss = self.phase_runner("forward", lambda: self._forward(batch))
-        value = loss.item()
+        value = self.parallel.global_loss(loss)  # every rank sees the run's loss
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the loss became {value} at step {step}; training stopped "
                                 f"(try a lower learning rate than {self.config.lr_used:g})")
@@ -145,13 +151,15 @@ class Trainer:
         row = {"step": step, "loss": value, "lr": lr}
         churn = mask_churn(self.optimizer.pop_refresh_events())
         if churn is not None:
+            self.parallel.check_masks(self.optimizer, step)
             self.mask_refreshes += 1
             row["mask_churn"] = churn
+        self.parallel.end_step()
         return row
 
     def _forward(self, batch: dict) -> torch.Tensor:
         with self.accelerator.autocast():
-            loss = self.model(**batch).loss
+            loss = self.parallel.forward_loss(self.model, batch)
         self.memory.sample()
         return loss
 
@@ -160,6 +168,7 @@ class Trainer:
         self.memory.sample()
 
     def _optimizer_step(self) -> None:
+        self.parallel.sum_gradients(self.optimizer)
         if self.config.max_grad_norm:
             self.optimizer.clip_grad_norm_(self.config.max_grad_norm)
         self.optimizer.step()
