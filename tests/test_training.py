@@ -191,7 +191,7 @@ def test_each_evaluation_keeps_three_target_and_source_answers(char_llama, tmp_p
 
 
 def test_evaluations_record_their_batches_in_progress_json(char_llama, tmp_path, monkeypatch):
-    from lift_core.train import loop
+    from lift_core.train import run_files
 
     written = []
 
@@ -199,8 +199,8 @@ def test_evaluations_record_their_batches_in_progress_json(char_llama, tmp_path,
         written.append(dict(obj))
         return write_json(path, obj, **kwargs)
 
-    write_json = loop.write_json
-    monkeypatch.setattr(loop, "write_json", spy)
+    write_json = run_files.write_json
+    monkeypatch.setattr(run_files, "write_json", spy)
     finetune(_config(char_llama, tmp_path / "run", eval_limit=3, eval_batch_size=2), progress=False)
     first = [(p["phase"], p.get("done"), p.get("total")) for p in written if p["step"] == 0]
     # 2 batches of 2 prompts per eval set: the bar moves batch by batch, then training starts

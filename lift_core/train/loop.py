@@ -10,20 +10,21 @@ memory). The settings live in :mod:`lift_core.train.config`.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import threading
 import time
-from pathlib import Path
 
-from lift_core.errors import LiftError, RecordWriteError
-from lift_core.jsonio import to_json, write_json
-from lift_core.runs.folder import GENERATIONS_FILE, PROGRESS_FILE
 from lift_core.distributed.data_parallel import lost_process_message
 from lift_core.distributed.launch import process_rank
+from lift_core.errors import LiftError
 from lift_core.runs.records import RunRecorder, library_versions
 from lift_core.train.config import FinetuneConfig, config_record
+from lift_core.train.run_files import (
+    append_generations,
+    evaluation_progress,
+    mask_progress,
+    truncate_metrics,
+    write_progress,
+)
 from lift_core.train.trainer import EVAL_SETS, NonFiniteLoss, Trainer, is_out_of_memory
 
 # Prompts per eval set whose answers each evaluation keeps (generations.jsonl), so the
@@ -130,9 +131,9 @@ class _Run:
         cfg = self.config
         self.start = time.perf_counter()
         self.recorder.claim()  # before the set-up, so progress.json can show its phases
-        self.trainer.mask_progress = _mask_progress(self)
+        self.trainer.mask_progress = mask_progress(self)
         try:
-            _write_progress(self, {"phase": "loading model", "step": None})
+            write_progress(self, {"phase": "loading model", "step": None})
             self.trainer.setup()
             self.setup_seconds = time.perf_counter() - self.start
             self.recorder.start(run_config_record(self.trainer))
@@ -229,7 +230,7 @@ class _Run:
         if self.is_main:  # several processes: the others wait for it at _agree_to_stop
             try:
                 scores = self.trainer.evaluate(
-                    between_batches=_evaluation_progress(self, step, before, limit), limit=limit)
+                    between_batches=evaluation_progress(self, step, before, limit), limit=limit)
             except _StopRequested:
                 if not self.trainer.parallel.active:
                     raise
@@ -238,8 +239,8 @@ class _Run:
             self._agree_to_stop(stopped)
         if limit is not None and limit < max(len(self.trainer.data[n]) for n in EVAL_SETS):
             scores["eval_examples"] = limit  # readers tell subset evaluations apart by it
-        _write_progress(self, {"phase": "training", "step": step})
-        _append_generations(self, step, self.trainer.generations)
+        write_progress(self, {"phase": "training", "step": step})
+        append_generations(self, step, self.trainer.generations)
         self.acc = {**scores, "eval_step": step}
         if before:
             self.first_eval_seconds = time.perf_counter() - began
@@ -313,68 +314,6 @@ def _keep_results(run: _Run) -> dict:
     return saved
 
 
-def _evaluation_progress(run: _Run, step: int, before: bool, limit: int | None = None):
-    """between_batches of an evaluation (of at most ``limit`` examples per set): honour a
-    stop request, then record the batches done/total in progress.json, so a live bar moves
-    during the evaluation."""
-    size = run.config.eval_batch_size
-    total = sum(math.ceil(min(len(run.trainer.data[name]), limit or math.inf) / size)
-                for name in EVAL_SETS)
-    phase = "evaluating before training" if before else "evaluating"
-    done = iter(range(total + 1))
-
-    def between_batches() -> None:
-        run._check_stop()
-        _write_progress(run, {"phase": phase, "step": step, "done": next(done, total),
-                              "total": total, "elapsed": run._elapsed()})
-
-    return between_batches
-
-
-def _mask_progress(run: _Run):
-    """mask_progress of the trainer's set-up: the "computing masks" phase in progress.json
-    (done/total matrices and the layer), and a tqdm bar of them when the run shows progress."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def report(done: int, total: int, layer: str) -> None:
-        nonlocal bar
-        _write_progress(run, {"phase": "computing masks", "step": None, "done": done,
-                              "total": total, "layer": layer, "elapsed": run._elapsed()})
-        if run.progress:
-            bar = bar or tqdm(total=total, desc="masks", unit="layer", dynamic_ncols=True)
-            bar.update(done - bar.n)
-            bar.set_postfix_str(layer, refresh=False)
-            if done == total:
-                bar.close()
-
-    return report
-
-
-def _append_generations(run: _Run, step: int, kept: list[dict]) -> None:
-    """One generations.jsonl line per evaluation (apart from metrics.jsonl, whose rows stay
-    small); optional like progress.json: a failed write skips it."""
-    if kept and run.config.out_dir and run.recorder.writer is not None:
-        line = to_json({"step": step, "generations": kept}) + "\n"
-        try:
-            with open(Path(run.config.out_dir) / GENERATIONS_FILE, "a", encoding="utf-8") as fh:
-                fh.write(line)
-        except OSError:
-            pass
-
-
-def _write_progress(run: _Run, progress: dict) -> None:
-    """Replace the run folder's progress.json (optional: a full disk skips it) and hand it to
-    the callbacks (their on_progress)."""
-    if run.config.out_dir and run.recorder.writer is not None:
-        try:
-            write_json(Path(run.config.out_dir) / PROGRESS_FILE, progress, indent=None)
-        except RecordWriteError:
-            pass
-    run.recorder.notify_progress(progress)
-
-
 def _run_summary(run: _Run) -> dict:
     """summary.json's fields for ``run`` as it stands (see docs/training.md)."""
     cfg, before, trainer = run.config, run.before, run.trainer
@@ -402,19 +341,3 @@ def _run_summary(run: _Run) -> dict:
         **setup_times(run.setup_seconds, trainer.setup_seconds, run.first_eval_seconds),
         "resumed": run.resume,
     }
-
-
-def truncate_metrics(run_dir, rows: int, *, cut: bool = True) -> list[dict]:
-    """Cut ``run_dir``'s metrics.jsonl back to its first ``rows`` lines; return those rows
-    (``cut=False``: only read them, as the processes that do not write the record do)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    kept, size = [], 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            if len(kept) == rows or not line.endswith(b"\n"):
-                break
-            kept.append(json.loads(line))
-            size += len(line)
-    if cut:
-        os.truncate(path, size)
-    return kept

@@ -85,34 +85,12 @@ class Trainer:
             self.data, self.tokenizer, model, seconds = load_for_training(cfg, self.device)
             self.setup_seconds["load_seconds"] = seconds
         self.model_params = sum(p.numel() for p in model.parameters())
-        self._set_up_method(model.to(self.device))
+        set_up_method(self, model.to(self.device))
         if self.data:
             self.batches = TrainBatches(self.data["train"], self.tokenizer,
                                         batch_size=cfg.batch_size, seed=cfg.seed,
                                         max_length=cfg.max_length, device=self.device)
         return self
-
-    def _set_up_method(self, model) -> None:
-        from lift_core.train.methods import setup_method
-
-        cfg = self.config
-        began = time.perf_counter()
-        self.method_setup = setup_method(
-            model, cfg.method, lr=cfg.lr_used, lora_rank=cfg.lora_rank,
-            filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
-            mask_progress=self.mask_progress,
-            seed=cfg.seed, make_gatherer=self.parallel.gatherer_factory())
-        self.setup_seconds["mask_seconds"] = time.perf_counter() - began
-        # prepare_model adds bf16 autocast to forward on CUDA (generate goes through it too).
-        # Several processes: no DDP wrapper, DataParallel exchanges the gradients itself.
-        self.model = self.accelerator.prepare_model(self.method_setup.model,
-                                                    evaluation_mode=self.parallel.active)
-        self.parallel.check_weights(self.method_setup.trainable_tensors())
-        self.parallel.check_masks(self.method_setup.optimizer, step=0)
-        self.model.train()
-        self.optimizer = self.method_setup.optimizer
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps))
 
     @property
     def unwrapped_model(self):
@@ -198,6 +176,30 @@ class Trainer:
         (for a caller that keeps the model or trains it with another optimizer)."""
         if self.optimizer is not None:
             self.optimizer.remove_grad_hooks()
+
+
+def set_up_method(trainer: Trainer, model) -> None:
+    """The method's trainable set, optimizer and schedule on ``model`` (Trainer.setup)."""
+    from lift_core.train.methods import setup_method
+
+    cfg, parallel = trainer.config, trainer.parallel
+    began = time.perf_counter()
+    trainer.method_setup = setup_method(
+        model, cfg.method, lr=cfg.lr_used, lora_rank=cfg.lora_rank,
+        filter_rank=cfg.filter_rank, update_interval=cfg.update_interval, svd=cfg.svd,
+        mask_progress=trainer.mask_progress,
+        seed=cfg.seed, make_gatherer=parallel.gatherer_factory())
+    trainer.setup_seconds["mask_seconds"] = time.perf_counter() - began
+    # prepare_model adds bf16 autocast to forward on CUDA (generate goes through it too).
+    # Several processes: no DDP wrapper, DataParallel exchanges the gradients itself.
+    trainer.model = trainer.accelerator.prepare_model(trainer.method_setup.model,
+                                                      evaluation_mode=parallel.active)
+    parallel.check_weights(trainer.method_setup.trainable_tensors())
+    parallel.check_masks(trainer.method_setup.optimizer, step=0)
+    trainer.model.train()
+    trainer.optimizer = trainer.method_setup.optimizer
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        trainer.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps))
 
 
 def load_for_training(cfg: FinetuneConfig, device) -> tuple[dict, object, object, float]:
