@@ -62,7 +62,8 @@ _LABELS = {"lora_rank": "Budget rank (LoRA-equivalent)", "filter_rank": "Filter 
            "update_interval": "Mask update interval (steps)", "svd": "SVD for the masks",
            "eval_every": "Evaluate every (steps)", "eval_limit": "Eval examples per set",
            "threads": "CPU threads", "train_data": "Training data file",
-           "max_length": "Max length (tokens)"}
+           "max_length": "Max length (tokens)", "processes": "Processes (data-parallel)",
+           "grad_exchange": "Gradient exchange (several processes)"}
 
 
 def form_fields() -> list[ConfigField]:

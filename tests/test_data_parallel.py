@@ -186,10 +186,18 @@ def test_settings_of_several_processes_are_checked():
 
 
 def test_a_launch_of_another_size_than_processes_is_refused(monkeypatch):
-    from lift_core.cli.finetune import check_world_size
+    from lift_core.distributed.launch import check_world_size
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(LiftError, match="started as 2 process"):
-        check_world_size(FinetuneConfig(processes=4))
-    check_world_size(FinetuneConfig(processes=2))
-    check_world_size(FinetuneConfig())  # torchrun without --processes: fine
+    with pytest.raises(LiftError, match="started as 2 processes"):
+        check_world_size(4)
+    check_world_size(2)
+    check_world_size(1)  # torchrun without --processes: fine
+
+
+def test_a_run_in_this_process_refuses_several_processes(tmp_path):
+    from lift_core.train.loop import finetune
+
+    with pytest.raises(LiftError, match="processes=2 but this run was started as 1 process"):
+        finetune(FinetuneConfig(processes=2, out_dir=str(tmp_path / "run")), progress=False)
+    assert not (tmp_path / "run").exists()

@@ -17,7 +17,12 @@ import threading
 import warnings
 from contextlib import contextmanager
 
-from lift_core.distributed.launch import launch_ranks, launched_world_size, process_rank
+from lift_core.distributed.launch import (
+    check_world_size,
+    launch_ranks,
+    launched_world_size,
+    process_rank,
+)
 from lift_core.errors import LiftError
 from lift_core.jsonio import read_json_object
 from lift_core.runs.records import evaluated_after_training
@@ -106,7 +111,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config.processes > 1 and launched_world_size() == 1:
         return launch_ranks(config.processes, args.raw_argv, threads=config.threads)
-    check_world_size(config)
+    check_world_size(config.processes)
     hf_logging.disable_progress_bar()  # keep stderr to our one bar
     # peft calls a transformers property that transformers 5 deprecates; not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -124,14 +129,6 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"error: {summary['error']}", file=sys.stderr)
         return 1
     return 0
-
-
-def check_world_size(config: FinetuneConfig) -> None:
-    """A run started by torchrun / accelerate launch: --processes, if given, must agree."""
-    started = launched_world_size()
-    if config.processes > 1 and started != config.processes:
-        raise LiftError(f"this run was started as {started} process(es) but --processes is "
-                        f"{config.processes}: give one or the other")
 
 
 @contextmanager

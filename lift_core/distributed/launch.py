@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from lift_core.errors import LiftError
+
 # Seconds the other ranks get to end by themselves after one rank ended, then after SIGTERM.
 GRACE_SECONDS = 30.0
 KILL_SECONDS = 15.0
@@ -32,6 +34,17 @@ def process_rank() -> int:
 def launched_world_size() -> int:
     """How many processes the launcher started (1 when none did)."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def check_world_size(processes: int) -> None:
+    """A run that says ``processes`` > 1 must run as that many launched processes (the
+    finetune CLI launches them; compare, sweep and library calls train in this process)."""
+    started = launched_world_size()
+    if processes > 1 and started != processes:
+        how = ("started as 1 process" if started == 1 else f"started as {started} processes")
+        raise LiftError(f"processes={processes} but this run was {how}: use `python -m "
+                        f"lift_core finetune --processes {processes}` (or torchrun "
+                        f"--nproc_per_node {processes}), one run at a time")
 
 
 def rank_environment(rank: int, world_size: int, port: int, threads: int) -> dict[str, str]:

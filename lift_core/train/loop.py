@@ -14,7 +14,7 @@ import threading
 import time
 
 from lift_core.distributed.data_parallel import lost_process_message
-from lift_core.distributed.launch import process_rank
+from lift_core.distributed.launch import check_world_size, process_rank
 from lift_core.errors import LiftError
 from lift_core.runs.records import RunRecorder, library_versions
 from lift_core.train.config import FinetuneConfig, config_record
@@ -115,6 +115,7 @@ class _Run:
         self.config, self.stop_event = config, stop_event
         self.progress = progress and process_rank() == 0
         self.resume, self.rows, self.checkpoint_step = resume, 0, 0
+        check_world_size(config.processes)
         # Several processes: the main one alone writes the record, prints and evaluates.
         self.is_main = process_rank() == 0
         self.recorder = RunRecorder(config.out_dir if self.is_main else None,
