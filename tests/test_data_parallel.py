@@ -201,3 +201,11 @@ def test_a_run_in_this_process_refuses_several_processes(tmp_path):
     with pytest.raises(LiftError, match="processes=2 but this run was started as 1 process"):
         finetune(FinetuneConfig(processes=2, out_dir=str(tmp_path / "run")), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_app_form_launches_several_processes_through_the_cli(tmp_path):
+    from lift_ui.train_form import finetune_argv
+
+    argv = finetune_argv(FinetuneConfig(processes=2, grad_exchange="sparse"), tmp_path / "run")
+    assert argv[argv.index("--processes") + 1] == "2"
+    assert argv[argv.index("--grad-exchange") + 1] == "sparse"
