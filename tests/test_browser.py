@@ -31,6 +31,7 @@ PAGES = [
     ("finetune", "finetune", 0),
     ("runs", "runs", 3),
     ("workshop", "workshop", 4),
+    ("sensitivity", "sensitivity", 0),
 ]
 # Something every page draws once its script has run past the sidebar.
 LAST_ELEMENT = {
@@ -41,6 +42,7 @@ LAST_ELEMENT = {
     "finetune": '[data-testid="stCode"]',
     "runs": '[data-testid="stDownloadButton"]',
     "workshop": '[data-testid="stCode"]',
+    "sensitivity": '[data-testid="stButton"]',
 }
 RENDER_TIMEOUT_MS = 90_000
 
