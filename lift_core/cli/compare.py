@@ -19,7 +19,7 @@ from lift_core.runs.compare import DEFAULT_METHODS, compare_configs, run_queue
 from lift_core.runs.records import evaluated_after_training
 from lift_core.train.config import FinetuneConfig
 from lift_core.train.options import PER_METHOD_FIELDS, add_config_options, given_values
-from lift_core.train.registry import method_names
+from lift_core.train.registry import method_names, parse_methods
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command to ``subparsers`` and return its parser."""
@@ -37,19 +37,6 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_compare)
     return p
-
-
-def parse_methods(text: str) -> list[str]:
-    """``"lift,full"`` -> ``["lift", "full"]``; raises LiftError on unknown or repeated names."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    if not methods:
-        raise LiftError("--methods is empty: give at least one of " + ", ".join(method_names()))
-    unknown = [m for m in methods if m not in method_names()]
-    if unknown:
-        raise LiftError(f"unknown method(s) {', '.join(unknown)} (allowed: {', '.join(method_names())})")
-    if len(set(methods)) != len(methods):
-        raise LiftError(f"--methods names a method twice: {text}")
-    return methods
 
 
 def run_compare(args: argparse.Namespace) -> int:

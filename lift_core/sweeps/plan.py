@@ -34,7 +34,7 @@ class SweepGrid:
     budgets: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        from lift_core.cli.compare import parse_methods  # unknown, repeated or no methods
+        from lift_core.train.registry import parse_methods  # unknown, repeated or no methods
 
         parse_methods(",".join(self.methods))
         _check_values("--lrs", self.lrs, float, lambda v: 0 < v < math.inf, "numbers > 0")

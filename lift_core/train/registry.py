@@ -151,3 +151,16 @@ def method_color(name: str) -> str:
 def methods_help(separator: str = "; ") -> str:
     """One clause per method, "name: description", for help texts."""
     return separator.join(f"{m.name}: {m.description}" for m in METHOD_REGISTRY.values())
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"lift,full"`` -> ``["lift", "full"]``; raises LiftError on unknown or repeated names."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise LiftError("--methods is empty: give at least one of " + ", ".join(method_names()))
+    unknown = [m for m in methods if m not in method_names()]
+    if unknown:
+        raise LiftError(f"unknown method(s) {', '.join(unknown)} (allowed: {', '.join(method_names())})")
+    if len(set(methods)) != len(methods):
+        raise LiftError(f"--methods names a method twice: {text}")
+    return methods
