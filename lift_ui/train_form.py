@@ -356,9 +356,11 @@ def local_records() -> dict[str, RunRecord]:
 
 
 def sample_records() -> dict[str, RunRecord]:
-    """Completed sample runs, label -> record (none when sample_runs/ is empty)."""
+    """Completed sample runs, label -> record (none when sample_runs/ is empty); the runs of a
+    sample sweep (sample_runs/sweep*/) are left out: they are read as sweeps, with other settings."""
     table = browse_runs()
     if table.empty:
         return {}
     table = table[table["label"].str.startswith("sample_runs/") & (table["status"] == "completed")]
-    return records_for(table)
+    in_sweep = table["path"].map(lambda p: (Path(p).parent / "sweep.json").is_file())
+    return records_for(table[~in_sweep])

@@ -1,4 +1,5 @@
-"""Workshop: walk a room through LIFT with the recorded sample runs, then train live for a minute."""
+"""Workshop: walk a room through LIFT with the recorded sample runs: the paper's claims tested on
+the shipped sample sweep, the five methods at the default setting, then a live run for a minute."""
 
 import streamlit as st
 
@@ -11,7 +12,7 @@ with heavy_imports():
     from lift_core.runs.compare import method_table
     from lift_core.runs.records import runs_table
     from lift_core.train.registry import PRINCIPAL_METHOD, method_label, method_names
-    from lift_ui import live_panel, run_data, train_form
+    from lift_ui import claims_panel, live_panel, run_data, train_form
     from lift_ui.figures import training as figs
 records = train_form.sample_records()
 demo = train_form.demo_settings()
@@ -24,6 +25,8 @@ st.markdown(
     "kept only for those k entries, and the mask is recomputed from the current weights "
     f"periodically ({refresh} in these runs; Liu et al., ICML 2025).")
 
+claims_panel.claims_section(train_form.sample_runs_root())
+
 if not records:
     st.info("No completed sample runs yet (`bash sample_runs/make_sample_runs.sh` makes them, "
             "~1 min per run). The live demo below still works.")
@@ -33,10 +36,12 @@ else:
     facts = run_data.workshop_findings(points)
     seeds = int(points["runs"].max())
     steps = int(table["steps"].max())
+    st.header("The five methods at the default setting")
     st.caption(f"{len(records)} recorded runs: {', '.join(points['method'])} on the built-in tiny Llama, "
-               f"{steps} steps, up to {seeds} seeds each (sample_runs/). Nothing is trained to show them.")
+               f"{steps} steps, up to {seeds} seeds each, each method at its default learning rate "
+               "(sample_runs/<method>-seed<S>/). Nothing is trained to show them.")
 
-    st.header("1. Learning the new task, and what it costs")
+    st.subheader("1. Learning the new task, and what it costs")
     curves = run_data.mean_curves(run_data.long_metrics(records))
     st.plotly_chart(figs.accuracy_figure(curves, title="Accuracy during training (mean ± std over seeds)"),
                     key="ws_acc")
@@ -45,7 +50,7 @@ else:
         "and is fine-tuned on a *target* task (chained arithmetic). The top row is what it learns; "
         "the bottom row is what it keeps of the source task. " + facts.get("accuracy", ""))
 
-    st.header("2. Accuracy vs forgetting")
+    st.subheader("2. Accuracy vs forgetting")
     left, right = st.columns([3, 2])
     left.plotly_chart(figs.tradeoff_figure(run_data.method_points(table),
                                            title="Target accuracy vs forgetting (mean ± std)"), key="ws_tradeoff")
@@ -57,14 +62,14 @@ else:
         if key in facts:
             right.markdown("**These runs:** " + facts[key])
 
-    st.header("3. What each method trains and stores")
+    st.subheader("3. What each method trains and stores")
     st.plotly_chart(figs.memory_figure(points.rename(columns={
         "trainable_params_mean": "trainable_params", "optimizer_state_bytes_mean": "optimizer_state_bytes"})),
         key="ws_memory")
     st.markdown("LoRA and the sparse methods train the same number of numbers; full fine-tuning trains "
                 "every entry and needs Adam moments for all of them. " + facts.get("memory", ""))
 
-    st.header("4. The mask moves")
+    st.subheader("4. The mask moves")
     sparse = curves[curves["method"].isin(method_names("sparse"))]
     st.plotly_chart(figs.churn_figure(sparse, steps=steps), key="ws_churn")
     # The refresh after the last step trains nothing: left out of the chart and the numbers.

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from lift_core.runs.jobs import JobManager
 from tests.fake_runs import write_sample_set
+from tests.test_claims import write_sample_sweep
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 REPO_SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
@@ -41,6 +42,25 @@ def test_workshop_explains_the_recorded_runs(tmp_path, monkeypatch):
     assert "--eval-limit" in at.code[0].value
 
 
+def test_workshop_tests_the_claims_on_the_sample_sweep(tmp_path, monkeypatch):
+    samples = write_sample_sweep(write_sample_set(tmp_path / "samples"))
+    monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(samples))
+    monkeypatch.setenv("LIFT_RUNS_DIR", str(tmp_path / "runs"))
+    at = _open()
+    # budget curve, frontier, forgetting at target, noise curve; then the four of the runs
+    assert len(at.get("plotly_chart")) == 8
+    assert [s.value for s in at.subheader][:3] == [
+        "LIFT > magnitude > random at equal budget (final target accuracy): holds",
+        "LIFT forgets less than full fine-tuning and LoRA at matched target accuracy: does not hold",
+        "principal weights are the most noise-sensitive (source loss after noise): mixed"]
+    text = _text(at)
+    assert "holds at every budget" in text and "LIFT forgets more than full FT" in text
+    captions = " ".join(c.value for c in at.caption)
+    assert "15 completed runs" in captions and "15 recorded runs" in captions
+    # The sweep's runs are read as a sweep, not as more runs of the five-method comparison.
+    assert "LIFT lost" in text and "39,424 numbers" in text
+
+
 def test_workshop_without_sample_runs_still_offers_the_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("LIFT_SAMPLE_RUNS", str(tmp_path / "none"))
     monkeypatch.setenv("LIFT_RUNS_DIR", str(tmp_path / "runs"))
@@ -54,7 +74,9 @@ def test_workshop_renders_the_shipped_sample_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("LIFT_SAMPLE_RUNS", raising=False)
     monkeypatch.setenv("LIFT_RUNS_DIR", str(tmp_path / "runs"))
     at = _open()
-    assert len(at.get("plotly_chart")) == 4
+    # The five-method runs' four charts, and four more when the sample sweep is there.
+    sweep = (REPO_SAMPLES / "sweep" / "sweep.json").is_file()
+    assert len(at.get("plotly_chart")) == (8 if sweep else 4)
 
 
 def test_demo_button_launches_a_job_and_stop_ends_it(tmp_path, monkeypatch):

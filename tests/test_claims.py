@@ -3,6 +3,7 @@ records written with known evaluations, and the shipped sample sweep's table."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +119,41 @@ def test_claims_table_and_markdown(tmp_path):
     assert "LIFT forgets more than full FT, LIFT forgets less than LoRA" in text
     with pytest.raises(LiftError, match="does not exist"):
         claims.claims_table(main, sensitivity_csv=tmp_path / "missing.csv")
+
+
+def write_sample_sweep(root: Path) -> Path:
+    """A small stand-in for sample_runs/'s sweep/, sweep-budget/ and sensitivity_builtin.csv."""
+    main, budget = root / "sweep", root / "sweep-budget"
+    _seeds(main, "lift", (0.8, 0.81, 0.79), drop=0.1, reach_step=10)
+    _seeds(main, "magnitude", (0.6, 0.61, 0.59), drop=0.1, reach_step=10)
+    _seeds(main, "random", (0.3, 0.31, 0.29))
+    _seeds(main, "full", (0.9, 0.9, 0.9), lr=1e-3, drop=0.05, reach_step=10)
+    _seeds(main, "lora", (0.9, 0.9, 0.9), drop=0.3, reach_step=10)
+    for rank, shift in ((1, -0.2), (4, 0.1)):
+        for method, finals in (("lift", (0.8, 0.81, 0.79)), ("magnitude", (0.6, 0.61, 0.59)), ("random", (0.3, 0.3, 0.3))):
+            _seeds(budget, method, [f + shift for f in finals], budget=rank)
+    for folder, argv in ((main, ["sweep", "--methods", "lift,full,lora,magnitude,random", "--lrs", "1e-3,1e-2",
+                                 "--seeds", "0,1,2", "--steps", "20", "--lora-rank", "2", "--eval-every", "10"]),
+                         (budget, ["sweep", "--budgets", "1,2,4"])):
+        runs = [{"name": d.name, "dir": d.name, "status": "completed"} for d in sorted(folder.iterdir())]
+        (folder / "sweep.json").write_text(json.dumps({"kind": "lift-sweep", "version": 1, "argv": argv,
+                                                       "runs": runs, "status": "completed"}))
+    _noise_draws({1.0: (0.06, 0.061), 2.0: (0.2, 0.21)},
+                 {"magnitude": {1.0: (0.03, 0.031), 2.0: (0.3, 0.31)}}).to_csv(root / "sensitivity_builtin.csv",
+                                                                                 index=False)
+    return root
+
+
+def test_sample_claims_reads_the_three_sources(tmp_path):
+    rows = claims.sample_claims(write_sample_sweep(tmp_path))
+    assert claims.verdicts(rows) == {"budget": "holds", "forgetting": "does not hold", "noise": "mixed"}
+    assert list(rows.loc[rows["claim"] == "budget", "where"].str[:13]) == ["budget rank 1", "budget rank 2",
+                                                                          "budget rank 4"]
+    text = claims.claim_sentences(rows)
+    assert text["budget"].startswith("Final target accuracy at equal budget")
+    assert "holds at every budget" in text["budget"]
+    assert "does not hold at any target level" in text["forgetting"]
+    assert "it holds at noise 1σ" in text["noise"]
 
 
 @pytest.mark.skipif(not (REPO_SAMPLES / "sweep" / "sweep.json").is_file(), reason="sample sweep not generated")

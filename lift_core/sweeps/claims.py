@@ -168,6 +168,8 @@ def claims_table(main_sweep, budget_sweep=None, sensitivity_csv=None) -> pd.Data
     points = views.load_points(main_dirs)
     if budget_sweep is not None:
         points = pd.concat([points, views.load_points(views.sweep_run_dirs(budget_sweep))], ignore_index=True)
+        # A setting in both sweeps (same method, budget, rate, seed) is one run, counted once.
+        points = points.drop_duplicates(["method", "budget", "lr", "seed"], ignore_index=True)
     parts = [budget_rows(points), forgetting_rows(main_dirs)]
     if sensitivity_csv is not None:
         path = Path(sensitivity_csv).expanduser()
@@ -204,3 +206,34 @@ def sample_claims(root: str | os.PathLike) -> pd.DataFrame:
     sensitivity = root / "sensitivity_builtin.csv"
     return claims_table(root / "sweep", budget if budget.is_dir() else None,
                         sensitivity if sensitivity.is_file() else None)
+
+
+_MEASURE = {
+    "budget": "Final target accuracy at equal budget, each method at its best recorded learning rate "
+              "(mean ± std over seeds)",
+    "forgetting": "Source accuracy lost (points) when target accuracy first reached a level, each method at "
+                  "its least-forgetting learning rate (mean ± std over seeds)",
+    "noise": "Source loss after Gaussian noise on each selection's entries (mean ± std over noise draws)",
+}
+_READING = {
+    HOLDS: "The paper's claim holds at every {where} measured here.",
+    FAILS: "The paper's claim does not hold at any {where} measured here.",
+    MIXED: "The paper's claim holds only in part here: {held}.",
+    NO_VERDICT: "These records cannot decide it.",
+}
+_WHERE = {"budget": "budget", "forgetting": "target level", "noise": "noise scale"}
+RULE = ("A difference counts only when it is larger than the larger of the two standard deviations; "
+        "smaller ones are ties (=).")
+
+
+def claim_sentences(rows: pd.DataFrame) -> dict[str, str]:
+    """Claim key -> two or three sentences on what these rows show: the comparisons where they
+    were made, then the overall verdict in words (computed, never written by hand)."""
+    out = {}
+    for key, verdict in verdicts(rows).items():
+        own = rows[rows["claim"] == key]
+        found = "; ".join(f"{r.where}: {r.comparisons or r.measured}" for r in own.itertuples())
+        held = ", ".join(r.where for r in own.itertuples() if r.verdict == HOLDS) or "nowhere in full"
+        reading = _READING[verdict].format(where=_WHERE[key], held=f"it holds at {held}")
+        out[key] = f"{_MEASURE[key]}: {found}. {reading}"
+    return out
