@@ -71,11 +71,6 @@ def claim_verdict(verdicts) -> str:
     return MIXED
 
 
-def _pm(mean: float, std: float, digits: int = 1, scale: float = 100.0) -> str:
-    text = f"{scale * mean:.{digits}f}"
-    return text if pd.isna(std) else f"{text} ± {scale * std:.{digits}f}"
-
-
 def _chain(values: dict, pairs, *, higher_is_better: bool = True) -> tuple[list[str], str]:
     """Signs of the claimed comparisons and their text, e.g. ('>', '='), 'lift > magnitude, ...'."""
     signs = [compare(values[a], values[b], higher_is_better=higher_is_better) for a, b in pairs]
@@ -95,7 +90,7 @@ def budget_rows(points: pd.DataFrame, order=BUDGET_ORDER) -> pd.DataFrame:
         values = {m: (by_method.at[m, "target_acc_mean"], by_method.at[m, "target_acc_std"]) for m in order}
         signs, text = _chain(values, list(zip(order, order[1:])))
         fraction = by_method["trainable_fraction"].mean()
-        measured = "; ".join(f"{method_label(m)} {_pm(*values[m])}% (lr {by_method.at[m, 'lr']:g}, "
+        measured = "; ".join(f"{method_label(m)} {views._pm(*values[m])}% (lr {by_method.at[m, 'lr']:g}, "
                              f"{int(by_method.at[m, 'n_seeds'])} seeds)" for m in order)
         where = f"budget rank {budget:g}" + ("" if pd.isna(fraction) else f" ({100 * fraction:.1f}% of entries)")
         rows.append({"claim": "budget", "where": where, "measured": measured, "comparisons": text,
@@ -133,7 +128,7 @@ def forgetting_rows(run_dirs, levels=views.LEVELS, rivals=FORGETTING_RIVALS) -> 
         signs, text = _chain(values, [(PRINCIPAL_METHOD, r) for r in rivals], higher_is_better=False)
         text = text.replace(" > ", " forgets less than ").replace(" < ", " forgets more than ") \
                    .replace(" = ", " ties ")
-        measured = "; ".join(f"{method_label(m)} {_pm(*values[m])} pt (lr {best.at[m, 'lr']:g}, step "
+        measured = "; ".join(f"{method_label(m)} {views._pm(*values[m])} pt (lr {best.at[m, 'lr']:g}, step "
                              f"{best.at[m, 'step_mean']:.0f})" for m in methods)
         rows.append({"claim": "forgetting", "where": where, "measured": measured, "comparisons": text,
                      "verdict": row_verdict(signs)})
@@ -222,6 +217,12 @@ _READING = {
     NO_VERDICT: "These records cannot decide it.",
 }
 _WHERE = {"budget": "budget", "forgetting": "target level", "noise": "noise scale"}
+_CAVEAT = {
+    "budget": "A best rate is the best of the rates recorded: one outside the grid was not tried.",
+    "forgetting": "Runs that never reached a level are not averaged in; a method with no rate at which every "
+                  "seed reached it leaves that level without a verdict.",
+    "noise": "Every selection perturbs the same number of entries with the same noise draws.",
+}
 RULE = ("A difference counts only when it is larger than the larger of the two standard deviations; "
         "smaller ones are ties (=).")
 
@@ -235,5 +236,5 @@ def claim_sentences(rows: pd.DataFrame) -> dict[str, str]:
         found = "; ".join(f"{r.where}: {r.comparisons or r.measured}" for r in own.itertuples())
         held = ", ".join(r.where for r in own.itertuples() if r.verdict == HOLDS) or "nowhere in full"
         reading = _READING[verdict].format(where=_WHERE[key], held=f"it holds at {held}")
-        out[key] = f"{_MEASURE[key]}: {found}. {reading}"
+        out[key] = f"{_MEASURE[key]}: {found}. {reading} {_CAVEAT[key]}"
     return out
