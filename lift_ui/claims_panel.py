@@ -38,7 +38,7 @@ def _load(root: str, signature: tuple) -> dict:
     points = views.load_points(main_dirs)
     budget_points = views.load_points(views.sweep_run_dirs(root / BUDGET)) if (root / BUDGET).is_dir() else points
     noise = pd.read_csv(root / NOISE) if (root / NOISE).is_file() else None
-    return {"rows": claims.sample_claims(root), "points": points, "at_target": views.forgetting_at_target(main_dirs),
+    return {"rows": claims.sample_claims(root), "points": points, "at_target": views.forgetting_at_target(main_dirs, claims.CLAIM_LEVELS),
             "budget": views.budget_curve(budget_points),
             "noise": None if noise is None else summarize(noise, ("source_loss",)),
             "draws": None if noise is None else int(noise["draw"].nunique()),
