@@ -32,6 +32,7 @@ def test_row_and_claim_verdicts():
     assert claims.claim_verdict(["holds", "holds", "no verdict"]) == "holds"
     assert claims.claim_verdict(["does not hold", "does not hold"]) == "does not hold"
     assert claims.claim_verdict(["holds", "does not hold"]) == "mixed"
+    assert claims.claim_verdict(["mixed", "does not hold"]) == "does not hold"  # it never fully holds
     assert claims.claim_verdict(["no verdict"]) == "no verdict"
 
 
@@ -59,7 +60,7 @@ def test_budget_rows_compare_each_method_at_its_best_rate(tmp_path):
     assert list(rows["verdict"]) == ["holds", "mixed"]
     assert "LIFT 80.0 ± 2.0% (lr 0.01, 3 seeds)" in rows["measured"][0]
     assert rows["where"][0] == "budget rank 2 (4.0% of entries)"
-    assert rows["comparisons"][1] == "LIFT = magnitude, magnitude > random"
+    assert rows["comparisons"][1] == "LIFT = magnitude, magnitude > random, LIFT > random"
 
 
 def test_forgetting_rows_at_matched_target(tmp_path):
@@ -96,7 +97,7 @@ def test_noise_rows_per_scale():
     assert list(rows["where"]) == ["noise 0.5σ", "noise 2σ"]
     assert list(rows["verdict"]) == ["holds", "does not hold"]
     assert rows["comparisons"][1] == "LIFT < magnitude, LIFT > random"
-    assert "lift 0.0510 ± 0.0014" in rows["measured"][0]
+    assert rows["measured"][0].startswith("LIFT 0.0510 ± 0.0014; magnitude 0.0305")
     assert claims.verdicts(rows) == {"noise": "mixed"}
     with pytest.raises(LiftError, match="source_loss"):
         claims.noise_rows(draws.drop(columns="source_loss"))

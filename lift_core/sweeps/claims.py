@@ -12,8 +12,8 @@ magnitude, random or LIFT-smallest entries (mean ± std over noise draws, per sc
 The verdict rule is the same everywhere: one method beats another when its mean is better by
 more than the larger of the two standard deviations, loses when worse by more than that, and
 ties otherwise. A row **holds** when every claimed comparison is a win, **does not hold** when
-one is a loss or all are ties, and is **mixed** otherwise; a claim holds when all its rows
-hold, does not hold when none holds or is mixed, and is mixed in between.
+one is a loss or all are ties, and is **mixed** otherwise (some wins, the rest ties); a claim
+holds when all its rows hold, does not hold when none holds, and is mixed in between.
 """
 
 from __future__ import annotations
@@ -63,13 +63,14 @@ def row_verdict(signs: list[str]) -> str:
 
 
 def claim_verdict(verdicts) -> str:
-    """holds when every row with a verdict holds, does not hold when none holds or is mixed."""
+    """holds when every row with a verdict holds, does not hold when none of them holds (a
+    mixed row does not hold the claim as stated), mixed in between."""
     decided = [v for v in verdicts if v != NO_VERDICT]
     if not decided:
         return NO_VERDICT
     if all(v == HOLDS for v in decided):
         return HOLDS
-    if all(v == FAILS for v in decided):
+    if not any(v == HOLDS for v in decided):
         return FAILS
     return MIXED
 
@@ -91,7 +92,8 @@ def budget_rows(points: pd.DataFrame, order=BUDGET_ORDER) -> pd.DataFrame:
         if not set(order) <= set(by_method.index):
             continue
         values = {m: (by_method.at[m, "target_acc_mean"], by_method.at[m, "target_acc_std"]) for m in order}
-        signs, text = _chain(values, list(zip(order, order[1:])))
+        # The chain a > b > c, and a > c, which it implies, so that a win over c shows too.
+        signs, text = _chain(values, list(zip(order, order[1:])) + [(order[0], order[-1])] * (len(order) > 2))
         fraction = by_method["trainable_fraction"].mean()
         measured = "; ".join(f"{method_label(m)} {views._pm(*values[m])}% (lr {by_method.at[m, 'lr']:g}, "
                              f"{int(by_method.at[m, 'n_seeds'])} seeds)" for m in order)
@@ -151,8 +153,9 @@ def noise_rows(draws: pd.DataFrame, metric: str = "source_loss") -> pd.DataFrame
         values = {s: (m, sd) for s, m, sd in zip(group["selector"], group["mean"], group["std"])}
         pairs = [(PRINCIPAL_METHOD, s) for s in others if s in values]
         signs = [compare(values[a], values[b]) for a, b in pairs]
-        text = ", ".join(f"LIFT {s} {b}" for (_, b), s in zip(pairs, signs))
-        measured = "; ".join(f"{s} {values[s][0]:.4f} ± {values[s][1]:.4f}" for s in values)
+        text = ", ".join(f"LIFT {s} {method_label(b)}" for (_, b), s in zip(pairs, signs))
+        measured = "; ".join(f"{method_label(s)} {values[s][0]:.4f} ± {values[s][1]:.4f}"
+                             for s in (PRINCIPAL_METHOD, *others) if s in values)
         rows.append({"claim": "noise", "where": f"noise {scale:g}σ", "measured": measured,
                      "comparisons": text, "verdict": row_verdict(signs)})
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
