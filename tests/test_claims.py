@@ -154,7 +154,15 @@ def test_sample_claims_reads_the_three_sources(tmp_path):
     assert text["budget"].startswith("Final target accuracy at equal budget")
     assert "holds at every budget" in text["budget"]
     assert "does not hold at any target level" in text["forgetting"]
-    assert "it holds at noise 1σ" in text["noise"]
+    assert "it holds at noise 1σ" in text["noise"] and "In part" not in text["noise"]
+
+
+def test_claim_sentences_name_the_rows_that_hold_in_part():
+    rows = claims.noise_rows(_noise_draws({1.0: (0.06, 0.061)}, {"magnitude": {1.0: (0.06, 0.061)},
+                                                                "random": {1.0: (0.03, 0.031)}}))
+    text = claims.claim_sentences(rows)["noise"]
+    assert "does not hold at any noise scale" in text
+    assert "In part (some comparisons won, the rest tied) at noise 1σ." in text
 
 
 @pytest.mark.skipif(not (REPO_SAMPLES / "sweep" / "sweep.json").is_file(), reason="sample sweep not generated")

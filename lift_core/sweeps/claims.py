@@ -242,5 +242,8 @@ def claim_sentences(rows: pd.DataFrame) -> dict[str, str]:
         found = "; ".join(f"{r.where}: {r.comparisons or r.measured}" for r in own.itertuples())
         held = ", ".join(r.where for r in own.itertuples() if r.verdict == HOLDS) or "nowhere in full"
         reading = _READING[verdict].format(where=_WHERE[key], held=f"it holds at {held}")
+        partly = [r.where for r in own.itertuples() if r.verdict == MIXED]
+        if partly:
+            reading += f" In part (some comparisons won, the rest tied) at {', '.join(partly)}."
         out[key] = f"{_MEASURE[key]}: {found}. {reading} {_CAVEAT[key]}"
     return out
