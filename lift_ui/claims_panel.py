@@ -85,6 +85,10 @@ def _claim_figures(key: str, found: dict) -> None:
         left.plotly_chart(figs.frontier_figure(views.frontier(found["points"], average_seeds=True)),
                           key="ws_frontier")
         right.plotly_chart(figs.forgetting_at_target_figure(found["at_target"]), key="ws_at_target")
+        st.caption("Left: each method's seed means per learning rate, its Pareto front joined. Right: the "
+                   "source accuracy kept when target accuracy first reached each level, over every rate and "
+                   "seed of a method (as on the Sweep tab); the table above takes each method at its "
+                   "least-forgetting rate instead.")
     elif key == "noise" and found["noise"] is not None:
         st.plotly_chart(noise_figs.sensitivity_figure(found["noise"], "source_loss", "source loss",
                                                       draws=found["draws"]), key="ws_noise")
