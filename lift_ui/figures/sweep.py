@@ -81,7 +81,7 @@ def frontier_figure(table: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title="source accuracy after training (%) → kept more", range=_ACC_RANGE)
     if not fig.data:
         _empty(fig, "no completed run yet")
-    return _layout(fig, "Frontier: what each run learned vs what it kept", height=440)
+    return _legend_below(_layout(fig, "Frontier: what each run learned vs what it kept", height=480))
 
 
 def forgetting_at_target_figure(table: pd.DataFrame) -> go.Figure:
@@ -98,7 +98,10 @@ def forgetting_at_target_figure(table: pd.DataFrame) -> go.Figure:
         source = 100 * group["source_mean"].fillna(0)  # a level no run reached: an empty bar
         fig.add_trace(go.Bar(
             x=levels, y=source, name=method_label(method), marker_color=method_color(method),
-            error_y=_errors(group["source_std"]), text=labels, textposition="outside",
+            # Vertical, inside each bar from its base: side by side above the bars the counts
+            # of five methods overlapped at half-page width.
+            error_y=_errors(group["source_std"]), text=labels, textposition="inside",
+            insidetextanchor="start", textangle=-90, textfont=dict(size=10),
             customdata=np.stack([100 * group["forgetting_mean"], group["step_mean"]], axis=-1),
             hovertemplate=(f"{method_label(method)}, %{{x}}: source %{{y:.1f}}%"
                            "<br>forgetting %{customdata[0]:.1f} pt, at step ≈ %{customdata[1]:.0f}"
@@ -109,7 +112,7 @@ def forgetting_at_target_figure(table: pd.DataFrame) -> go.Figure:
                      tickvals=list(range(0, 101, 20)))
     if not fig.data:
         _empty(fig, "no completed run yet")
-    return _layout(fig, "Forgetting at matched target accuracy", height=440)
+    return _legend_below(_layout(fig, "Forgetting at matched target accuracy", height=480))
 
 
 def _curves(fig: go.Figure, table: pd.DataFrame, x: str, panels, group_by=("method",)) -> None:
@@ -129,6 +132,13 @@ def _curves(fig: go.Figure, table: pd.DataFrame, x: str, panels, group_by=("meth
                 legendgroup=name, showlegend=n == 0, line=dict(color=method_color(method), dash=dash, width=2),
                 marker=dict(size=8), text=[f"{k:g} seed(s)" for k in group["n_seeds"]],
                 hovertemplate=f"{name}: %{{x:g}} → %{{y:.1f}} (%{{text}})<extra></extra>"), row=row, col=col)
+
+
+def _legend_below(fig: go.Figure) -> go.Figure:
+    """The legend under the x axis: above the plot, at half-page width, it ran into the title."""
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
+                      margin=dict(b=110))
+    return fig
 
 
 def _two_panel_layout(fig: go.Figure, title: str) -> go.Figure:
