@@ -4,8 +4,8 @@
 # sweep: the paper's claims"): built-in model and tasks, 150 steps, budget rank 2 (2.4% of the
 # block-linear entries), evaluations every 25 steps on 40 evenly spread examples of each set and
 # on the whole sets before and after training.
-#   sample_runs/sweep/         lift, full, lora, magnitude, random x lr 1e-3, 3e-3, 1e-2, 3e-2
-#                              x seeds 0, 1, 2 (60 runs)
+#   sample_runs/sweep/         lift, full, lora, magnitude, random x lr 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1
+#                              x seeds 0, 1, 2 (90 runs)
 #   sample_runs/sweep-budget/  lift, magnitude, random x budget rank 1, 2, 4, 8 at their default
 #                              lr (1e-2) x seeds 0, 1, 2 (36 runs)
 #   sample_runs/sensitivity_builtin.csv  the noise test with its defaults (budget rank 4,
@@ -21,7 +21,7 @@ THREADS=${THREADS:-1}
 COMMON=(--steps 150 --eval-every 25 --eval-subset 40 --seeds 0,1,2 --threads "$THREADS"
         --no-save --no-progress ${OVERWRITE:+--overwrite})
 main_sweep() {
-  nice python -m lift_core sweep --methods lift,full,lora,magnitude,random --lrs 1e-3,3e-3,1e-2,3e-2 \
+  nice python -m lift_core sweep --methods lift,full,lora,magnitude,random --lrs 3e-4,1e-3,3e-3,1e-2,3e-2,1e-1 \
     --lora-rank 2 "${COMMON[@]}" --out sample_runs/sweep > /dev/null
 }
 budget_sweep() {
