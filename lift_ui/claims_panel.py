@@ -22,7 +22,7 @@ from lift_ui.figures import sensitivity as noise_figs
 from lift_ui.figures import sweep as figs
 
 MAIN, BUDGET, NOISE = "sweep", "sweep-budget", "sensitivity_builtin.csv"
-_VERDICT_ICONS = {claims.HOLDS: "✅", claims.FAILS: "❌", claims.MIXED: "◐", claims.NO_VERDICT: "–"}
+_VERDICT_ICONS = {claims.HOLDS: "✓", claims.FAILS: "✗", claims.MIXED: "◐", claims.NO_VERDICT: "–"}  # plain glyphs: no emoji font needed
 
 
 def _signature(root: Path) -> tuple:
@@ -67,6 +67,10 @@ def claims_section(root: Path) -> bool:
     st.caption(_setting(found["argv"], len(found["points"])))
     overall = claims.verdicts(rows)
     shown = rows.assign(verdict=[f"{_VERDICT_ICONS[v]} {v}" for v in rows["verdict"]])
+    # The verdict right after where it was measured: at page width the long "measured" and
+    # "comparison" cells push the last column off screen.
+    first = [c for c in ("claim", "where", "verdict") if c in shown.columns]
+    shown = shown[first + [c for c in shown.columns if c not in first]]
     st.dataframe(shown, hide_index=True, key="ws_claims")
     st.caption(claims.RULE + " A claim holds when every row holds, and does not hold when no row holds.")
     sentences = claims.claim_sentences(rows)
