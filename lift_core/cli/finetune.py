@@ -17,12 +17,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 
-from lift_core.distributed.launch import (
-    check_world_size,
-    launch_ranks,
-    launched_world_size,
-    process_rank,
-)
+from lift_core.distributed.launch import launch_ranks, launched_world_size, process_rank
 from lift_core.errors import LiftError
 from lift_core.jsonio import read_json_object
 from lift_core.runs.records import evaluated_after_training
@@ -111,7 +106,6 @@ def run_finetune(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config.processes > 1 and launched_world_size() == 1:
         return launch_ranks(config.processes, args.raw_argv, threads=config.threads)
-    check_world_size(config.processes)
     hf_logging.disable_progress_bar()  # keep stderr to our one bar
     # peft calls a transformers property that transformers 5 deprecates; not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

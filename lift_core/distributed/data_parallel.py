@@ -79,9 +79,10 @@ class DataParallel:
 
     def global_loss(self, loss: torch.Tensor) -> float:
         """The run's loss value (the same on every rank, so all agree on a NaN)."""
+        if not self.active:
+            return loss.item()
         value = loss.detach().float().reshape(1).clone()
-        if self.active:
-            self.counter.all_reduce_(value)
+        self.counter.all_reduce_(value)
         return value.item()
 
     def sum_gradients(self, optimizer) -> None:
@@ -114,18 +115,22 @@ class DataParallel:
 
     def check_masks(self, optimizer, step: int) -> None:
         """Fail with RanksDiverged unless every rank holds the same masks."""
+        if not self.active:  # one process: nothing to compare, so nothing to compute
+            return
         sums = [mask_checksum(state["indices"]) for state in optimizer.state.values()
                 if "indices" in state]
         self._check_same(sums, f"the masks differ between processes at step {step}")
 
     def check_weights(self, params) -> None:
         """Fail with RanksDiverged unless every rank starts from the same trainable weights."""
+        if not self.active:
+            return
         sums = [p.detach().float().sum().item() for p in params]
         self._check_same(sums, "the processes loaded different weights (a model or seed "
                                "that is not the same everywhere?)")
 
     def _check_same(self, values: list[float], what: str) -> None:
-        if not self.active or not values:
+        if not values:
             return
         local = torch.tensor(values, dtype=torch.float64, device=self.device)
         low, high = local.clone(), local.clone()
