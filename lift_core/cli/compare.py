@@ -21,6 +21,7 @@ from lift_core.train.config import FinetuneConfig
 from lift_core.train.options import PER_METHOD_FIELDS, add_config_options, given_values
 from lift_core.train.registry import method_names, parse_methods
 
+
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command to ``subparsers`` and return its parser."""
     p = subparsers.add_parser(

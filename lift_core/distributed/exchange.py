@@ -56,11 +56,8 @@ class DenseExchangeGatherer(GradientGatherer):
         self.counter = counter
 
     def absorb(self, p: torch.Tensor) -> None:
-        self.counter.all_reduce_(p.grad)
+        self.counter.all_reduce_(p.grad)  # summed here, so the step has nothing to exchange
         super().absorb(p)
-
-    def exchange(self) -> None:
-        """Nothing left to exchange: the hooks summed each gradient."""
 
 
 class SparseExchangeGatherer(GradientGatherer):
